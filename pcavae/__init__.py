@@ -1,0 +1,1 @@
+"""pcavae: autoencoders with an online-PCA bottleneck beside vector quantizers."""

@@ -1,0 +1,105 @@
+"""Shared defaults and argument parsing for every `configs/<family>.py`.
+
+A config file is loaded by path (`--config=configs/pcavae.py:arg`), so this
+module is imported by path as well; see `load_common` in each config file.
+
+`parse_arg('runlocal,res=32', res=64, runlocal=False)` returns a ConfigDict
+with the given defaults overridden: `key=value` pairs are cast to the type of
+the default, a bare `flag` sets a boolean default to True. An unknown key is
+an error that names it.
+"""
+
+import ml_collections
+
+
+def parse_arg(arg, lazy=False, **defaults) -> ml_collections.ConfigDict:
+  """Parses `key=value,flag` into a ConfigDict typed by `defaults`."""
+  out = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return out
+  for item in arg.split(','):
+    item = item.strip()
+    if not item:
+      continue
+    key, _, value = item.partition('=')
+    if key not in defaults and not lazy:
+      raise ValueError(f'Unknown config argument {key!r} in {arg!r}; known: '
+                       f'{sorted(defaults)}.')
+    default = defaults.get(key)
+    if not _:
+      if not isinstance(default, bool):
+        raise ValueError(f'Config argument {key!r} needs a value ({key}=...).')
+      out[key] = True
+    elif isinstance(default, bool):
+      out[key] = value.lower() in ('1', 'true', 'yes', 'y')
+    elif isinstance(default, int):
+      out[key] = int(value)
+    elif isinstance(default, float):
+      out[key] = float(value)
+    else:
+      out[key] = value
+  return out
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Defaults every family shares; a family overrides what it needs."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 16                  # global, over all devices and processes
+  c.num_train_steps = 100_000
+  c.log_every_steps = 100
+  c.eval_every_steps = 5_000
+  c.checkpoint_every_steps = 5_000
+  c.keep_checkpoints = 3
+  c.resolution = 64
+  c.compute_dtype = 'float32'
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'photo_patches'
+
+  c.model = ml_collections.ConfigDict()
+  c.model.channels = (128, 256)      # one 4x4 stride-2 stage per entry
+  c.model.latent_dim = 256           # D
+  c.model.num_res_layers = 6
+  c.model.bottleneck = ml_collections.ConfigDict({'kind': 'identity'})
+
+  # Adam with the reference's per-"epoch" exponential decay and grad clip.
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 5e-4
+  c.optimizer.schedule = 'exponential'   # exponential | cosine | constant
+  c.optimizer.decay_rate = 0.995
+  c.optimizer.transition_steps = 1_500   # about one CelebA-HQ epoch at B=16
+  c.optimizer.warmup_steps = 0
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip_norm = 1.0
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.reconstruction = 'mse'          # mse | l1
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 64
+  c.eval.num_examples = -1               # -1: the whole eval split
+  c.eval.grid_size = 8                   # images in the reconstruction grid
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                       # -1: every device
+  return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to finish in minutes on a 2-core CPU."""
+  c.resolution = 32
+  c.batch_size = 32
+  c.num_train_steps = 1_500
+  c.log_every_steps = 50
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 500
+  c.model.channels = (32, 64)
+  c.model.latent_dim = 64
+  c.model.num_res_layers = 2
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = 'cosine'
+  c.eval.num_examples = 512
+  return c

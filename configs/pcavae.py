@@ -1,0 +1,78 @@
+r"""PCA-VAE (arXiv 2602.18904): the online-PCA bottleneck.
+
+Settings (the `setting=` arg), each the reference's at 64 px:
+  spatial16  one PCA per location of a 16x16x256 latent (2 stages, channels
+             128, 256), Q = 256 by default: the reference's
+             `pca_vae_16p_100p.yaml`. Note that at Q = D the layer is the
+             identity; pass `q=` (e.g. q=51, 20%) for a real bottleneck.
+  spatial4   one PCA per location of a 4x4x256 latent (4 stages, 32..256),
+             Q = 180: the reference's `pca_vae.yaml`.
+  global     the whole 4x4x256 latent as one vector, mapped to N = 256 by an
+             MLP, Q = 256: the reference's `pca_vae_single_vector_100p.yaml`.
+  shared     new here: one PCA shared by every location of the 16x16x256
+             latent, Q = 64.
+
+Flags: `runlocal` shrinks everything to finish in a few minutes on 2 CPU
+cores (32 px, channels 32/64, D = 64, Q = 16, 1500 steps); `res=`, `q=`,
+`dataset=` override those keys.
+
+The default job (`make run`) is
+
+  python -m pcavae.main --config=configs/pcavae.py:runlocal --workdir=workdirs/pcavae_runlocal
+
+which trains `spatial` PCA (8x8x64 latent, Q = 16) on the embedded
+`photo_patches` data; see README.md for the PSNR/SSIM it reaches. On CelebA-HQ
+(an `image_folder` of the 256 px images) the reference setting is
+
+  python -m pcavae.main --config=configs/pcavae.py:setting=spatial16,q=51 \
+    --config.dataset.name=image_folder \
+    --config.dataset.path=/data/celeba_hq_256 --workdir=workdirs/pca16
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+SETTINGS = {
+    'spatial16': dict(channels=(128, 256), q=256, mode='spatial'),
+    'spatial4': dict(channels=(32, 64, 128, 256), q=180, mode='spatial'),
+    'global': dict(channels=(32, 64, 128, 256), q=256, mode='global',
+                   global_dim=256),
+    'shared': dict(channels=(128, 256), q=64, mode='shared'),
+}
+
+
+def get_config(arg=None):
+  """Returns the PCA-VAE config for `arg` (see the module docstring)."""
+  a = common.parse_arg(arg, setting='spatial16', runlocal=False, res=0, q=0,
+                       dataset='')
+  if a.setting not in SETTINGS:
+    raise ValueError(f'setting={a.setting!r}; choose one of {list(SETTINGS)}.')
+  s = SETTINGS[a.setting]
+  c = common.get_base_config()
+  c.model.channels = s['channels']
+  c.model.bottleneck = dict(
+      kind='pca',
+      num_components=s['q'],
+      mode=s['mode'],
+      alpha=0.9,
+      learning_rate=None,          # None: tied to the optimizer's schedule
+      # The reference clips each location's step in spatial mode only.
+      max_update_norm=0.1 if s['mode'] == 'spatial' else None,
+      orthonormalize_every=None,   # None: every Q updates
+      global_dim=s.get('global_dim'),
+  )
+  if a.runlocal:
+    common.runlocal(c)
+    c.model.bottleneck.num_components = 16
+    if s['mode'] == 'global':
+      c.model.bottleneck.global_dim = 64
+  if a.res:
+    c.resolution = a.res
+  if a.q:
+    c.model.bottleneck.num_components = a.q
+  if a.dataset:
+    c.dataset.name = a.dataset
+  return c

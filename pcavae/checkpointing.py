@@ -1,0 +1,81 @@
+"""A thin wrapper over orbax's CheckpointManager.
+
+Checkpoints live in `workdir/checkpoints/<step>/`. Orbax writes each one into a
+temporary directory and renames it when complete, so a process killed mid-save
+leaves no step that looks finished. Restore walks the finished steps from the
+newest down and takes the first that reads back; a damaged one is skipped with
+a warning that names it and is left on disk for inspection.
+"""
+
+from typing import Any, Optional, Tuple
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Save on schedule, keep the last N, restore the newest good one."""
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    self.directory = directory
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True,
+        enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(directory, options=options)
+    self.skipped_steps: list[int] = []
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, force: bool = True) -> bool:
+    """Starts saving `state` at `step` (asynchronously); returns whether."""
+    if step in self._manager.all_steps():
+      return False
+    return self._manager.save(step, args=ocp.args.StandardSave(state),
+                              force=force)
+
+  def restore_latest(self, abstract_state: Any) -> Tuple[Optional[Any], int]:
+    """Returns `(state, step)` of the newest readable checkpoint, or `(None, 0)`.
+
+    Args:
+      abstract_state: a pytree of `jax.ShapeDtypeStruct` with shardings: the
+        shapes, dtypes and placement to restore into.
+    """
+    self.skipped_steps = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state = self._manager.restore(
+            step, args=ocp.args.StandardRestore(abstract_state))
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('Checkpoint at step %d in %s could not be restored '
+                        '(%s: %s); trying an older one. It is left on disk.',
+                        step, self.directory, type(e).__name__, e)
+        self.skipped_steps.append(step)
+        continue
+      if self.skipped_steps:
+        logging.warning('Resumed from step %d after skipping damaged '
+                        'checkpoints %s.', step, self.skipped_steps)
+      return state, step
+    if self.skipped_steps:
+      logging.warning('No readable checkpoint in %s (skipped %s); starting '
+                      'from scratch.', self.directory, self.skipped_steps)
+    return None, 0
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def abstract(tree: Any) -> Any:
+  """Shape/dtype/sharding structs of a pytree of arrays."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=getattr(x, 'sharding', None)),
+      tree)

@@ -1,0 +1,56 @@
+r"""Command line: flags only; everything else is importable from a notebook.
+
+  python -m pcavae.main --config=configs/pcavae.py:runlocal --workdir=/tmp/pca
+
+Any config key can be overridden, e.g. `--config.batch_size=64`.
+Multi-host: pass `--coordinator_address`, `--num_processes`, `--process_id`
+(or the `PCAVAE_*` environment variables; see README.md "On a pod").
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file (configs/<family>.py[:args]).',
+    lock_config=False)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 (multi-host runs).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Number of processes (multi-host).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'This process (multi-host).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Before anything touches a device.
+  from pcavae import sharding  # pylint: disable=g-import-not-at-top
+  sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                  _PROCESS_ID.value)
+  from pcavae import train  # pylint: disable=g-import-not-at-top
+  workdir = os.path.abspath(_WORKDIR.value)
+  final = train.train_and_evaluate(_CONFIG.value, workdir)
+  if sharding.is_primary():
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                      for k, v in final.items()}), flush=True)
+    print(f'Outputs in {workdir}: metrics.jsonl, images/, checkpoints/, '
+          'config.json', flush=True)
+
+
+def run():
+  """Console script `pcavae-train`."""
+  logging.set_verbosity(logging.INFO)
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

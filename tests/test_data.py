@@ -17,7 +17,6 @@ import pytest
 
 from pcavae import data
 from pcavae.data import fashion_mnist
-from pcavae.data import image_folder
 from pcavae.data import photo_patches
 from pcavae.data import pipeline
 from pcavae.data import sources
@@ -97,6 +96,28 @@ def test_validate_accepts_defaults():
   data.validate_dataset_config(_config(name='photo_patches'), 32)
   data.validate_dataset_config(_config(name='fashion_mnist'), 32)
   data.validate_dataset_config(_config(name='tfds', tfds_name='mnist'), 32)
+
+
+def test_default_config_has_every_key_and_is_overridable(tmp_path, caplog):
+  config = data.default_config()
+  assert config.name == 'photo_patches'
+  for key in ('scales', 'stride_fraction', 'min_std', 'data_dir',
+              'tfds_data_dir', 'path', 'tfds_name', 'train_split', 'eval_split',
+              'image_key'):
+    assert key in config, key
+  with caplog.at_level(logging.WARNING):
+    data.validate_dataset_config(config, 32)
+  assert 'no dataset uses' not in caplog.text
+  config.name = 'image_folder'
+  with pytest.raises(ValueError, match=r'config\.dataset\.path'):
+    data.validate_dataset_config(config, 32)
+  config.path = str(tmp_path)  # a typed str placeholder accepts a path
+  data.validate_dataset_config(config, 32)
+  config.unlock()
+  config.stride_fracton = 0.25  # a typo is reported, not silently ignored
+  with caplog.at_level(logging.WARNING):
+    data.validate_dataset_config(config, 32)
+  assert 'stride_fracton' in caplog.text
 
 
 # --------------------------------------------------------------------------

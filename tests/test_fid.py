@@ -31,16 +31,22 @@ def _random_rotation(d, seed):
   return q * np.sign(np.diag(r))
 
 
-def test_closed_form_diagonal():
+METHODS = ('sqrtm', 'eigh')
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_closed_form_diagonal(method):
   mu1, mu2 = np.array([0., 1., 2.]), np.array([1., -1., 2.5])
   a, b = np.array([1., 4., 9.]), np.array([4., 1., 0.25])
   want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-  got = fid_lib.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
+  got = fid_lib.frechet_distance(mu1, np.diag(a), mu2, np.diag(b),
+                                 method=method)
   assert isinstance(got, float)
   np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
-def test_closed_form_commuting_covariances():
+@pytest.mark.parametrize('method', METHODS)
+def test_closed_form_commuting_covariances(method):
   d = 16
   q = _random_rotation(d, 0)
   rng = np.random.default_rng(1)
@@ -48,8 +54,9 @@ def test_closed_form_commuting_covariances():
   mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
   s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
   want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-  np.testing.assert_allclose(fid_lib.frechet_distance(mu1, s1, mu2, s2), want,
-                             rtol=1e-9)
+  np.testing.assert_allclose(
+      fid_lib.frechet_distance(mu1, s1, mu2, s2, method=method), want,
+      rtol=1e-9)
 
 
 def test_closed_form_scaled_covariance_and_1d():
@@ -58,32 +65,46 @@ def test_closed_form_scaled_covariance_and_1d():
   m = rng.normal(size=(8, 8))
   s1 = m @ m.T + np.eye(8)
   mu = rng.normal(size=8)
-  np.testing.assert_allclose(
-      fid_lib.frechet_distance(mu, s1, mu, 9.0 * s1), 4.0 * np.trace(s1),
-      rtol=1e-9)
+  for method in METHODS:
+    np.testing.assert_allclose(
+        fid_lib.frechet_distance(mu, s1, mu, 9.0 * s1, method=method),
+        4.0 * np.trace(s1), rtol=1e-9)
   np.testing.assert_allclose(
       fid_lib.frechet_distance([1.0], [[4.0]], [3.0], [[1.0]]), 4.0 + 1.0,
       rtol=1e-12)
 
 
-def test_identical_feature_sets_give_zero():
+@pytest.mark.parametrize('method', METHODS)
+def test_identical_feature_sets_give_zero(method):
   feats = np.random.default_rng(3).normal(size=(200, 32)) * 3 + 1
-  fid = fid_lib.rfid_from_features(feats, feats)
+  fid = fid_lib.rfid_from_features(feats, feats, method=method)
   assert abs(fid) < 1e-8
-  # Singular covariances (N < D): the eps fallback keeps it finite and ~0.
+  # Singular covariances (N < D): still finite and ~0 (sqrtm: eps fallback).
   few = feats[:10]
-  fid = fid_lib.rfid_from_features(few, few.copy())
+  fid = fid_lib.rfid_from_features(few, few.copy(), method=method)
   assert np.isfinite(fid) and abs(fid) < 1e-3
 
 
-def test_symmetric():
+@pytest.mark.parametrize('method', METHODS)
+def test_symmetric(method):
   rng = np.random.default_rng(4)
   x, y = rng.normal(size=(100, 12)), rng.normal(size=(80, 12)) * 2 + 0.5
   y = y @ rng.normal(size=(12, 12))
-  a = fid_lib.rfid_from_features(x, y)
-  b = fid_lib.rfid_from_features(y, x)
+  a = fid_lib.rfid_from_features(x, y, method=method)
+  b = fid_lib.rfid_from_features(y, x, method=method)
   assert a > 0
   np.testing.assert_allclose(a, b, rtol=1e-8)
+
+
+def test_methods_agree_on_general_covariances():
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(300, 64)) @ rng.normal(size=(64, 64))
+  y = rng.normal(size=(300, 64)) @ rng.normal(size=(64, 64)) + 0.2
+  a = fid_lib.rfid_from_features(x, y, method='sqrtm')
+  b = fid_lib.rfid_from_features(x, y, method='eigh')
+  np.testing.assert_allclose(a, b, rtol=1e-8)
+  with pytest.raises(ValueError):
+    fid_lib.rfid_from_features(x, y, method='svd')
 
 
 def test_feature_stats_and_fidstats_roundtrip(tmp_path):

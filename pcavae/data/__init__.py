@@ -24,12 +24,16 @@ batches in `[-1, 1]`, deterministic from `(seed, step)` and cut per process.
   (`pcavae.data.tfds_dataset`): `tfds_name` [required, e.g. 'celeb_a_hq/256'];
   `data_dir` [None]; `train_split` ['train']; `eval_split` ['test'];
   `image_key` ['image'].
+
+`default_config()` returns a `config.dataset` holding all of these keys.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+import ml_collections
 
 from pcavae.data import fashion_mnist
 from pcavae.data import image_folder
@@ -42,8 +46,8 @@ from pcavae.data.sources import Source
 from pcavae.data.sources import Splits
 
 __all__ = [
-    'DATASETS', 'Source', 'Splits', 'clear_caches', 'eval_batches',
-    'get_split', 'get_splits', 'to_float', 'train_iterator',
+    'DATASETS', 'Source', 'Splits', 'clear_caches', 'default_config',
+    'eval_batches', 'get_split', 'get_splits', 'to_float', 'train_iterator',
     'validate_dataset_config',
 ]
 
@@ -100,6 +104,36 @@ def validate_dataset_config(dataset_config: Any, resolution: int) -> None:
   if unknown:
     logger.warning('config.dataset has key(s) no dataset uses: %s (%s knows '
                    '%s).', unknown, name, sorted(module.DEFAULTS))
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.dataset` with every dataset's keys at their defaults.
+
+  Path-like keys are typed placeholders (None until set), so that
+  `--config.dataset.path=/data/x` works from the command line. Keys that the
+  chosen dataset does not use are ignored.
+
+  Returns:
+    A ConfigDict with `name='photo_patches'`.
+  """
+  placeholder = ml_collections.config_dict.placeholder
+  return ml_collections.ConfigDict({
+      'name': DEFAULT_DATASET,
+      # photo_patches
+      'scales': photo_patches.DEFAULTS['scales'],
+      'stride_fraction': photo_patches.DEFAULTS['stride_fraction'],
+      'min_std': photo_patches.DEFAULTS['min_std'],
+      # fashion_mnist (idx dir) and tfds (TFDS data dir)
+      'data_dir': placeholder(str),
+      'tfds_data_dir': placeholder(str),
+      # image_folder
+      'path': placeholder(str),
+      # tfds
+      'tfds_name': placeholder(str),
+      'train_split': tfds_dataset.DEFAULTS['train_split'],
+      'eval_split': tfds_dataset.DEFAULTS['eval_split'],
+      'image_key': tfds_dataset.DEFAULTS['image_key'],
+  })
 
 
 def get_splits(dataset_config: Any, resolution: int) -> Splits:

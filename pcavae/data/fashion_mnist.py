@@ -191,6 +191,7 @@ def get_splits(config: Any, resolution: int) -> sources.Splits:
     origin = looked[-1]
     train_source = FashionMnistSource(train_tfds, resolution, 'image')
     eval_source = FashionMnistSource(eval_tfds, resolution, 'image')
+  logger.info('fashion_mnist: reading %s.', origin)
   info = {
       'name': 'fashion_mnist',
       'num_train': len(train_source),

@@ -77,12 +77,12 @@ def center_crop_resize(image: Image.Image, resolution: int) -> np.ndarray:
   left = (width - side) // 2
   top = (height - side) // 2
   box = (left, top, left + side, top + side)
-  if side == resolution:
-    if (width, height) != (side, side):
-      image = image.crop(box)
-  else:
+  # Crop first: `resize(box=...)` would let the filter see pixels outside it.
+  if (width, height) != (side, side):
+    image = image.crop(box)
+  if side != resolution:
     image = image.resize((resolution, resolution),
-                         resample=Image.Resampling.BICUBIC, box=box)
+                         resample=Image.Resampling.BICUBIC)
   array = np.asarray(image, dtype=np.uint8)
   if array.shape != (resolution, resolution, 3):
     raise ValueError(f'Unexpected image shape {array.shape} after resizing to '

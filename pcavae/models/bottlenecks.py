@@ -160,8 +160,8 @@ class PCABottleneck(nn.Module):
       batch_mean = jnp.mean(xs, axis=-2)
       mu, s = pca.fade_mean(mean.value, fade_norm.value, batch_mean, self.alpha)
       xc = xs - mu[..., None, :]
-      delta = pca.clip_update(pca.sanger_delta(basis.value, xc),
-                              self.max_update_norm)
+      raw_delta = pca.sanger_delta(basis.value, xc)
+      delta = pca.clip_update(raw_delta, self.max_update_norm)
       eta = self.learning_rate if self.learning_rate is not None else lr
       if eta is None:
         raise ValueError(
@@ -179,8 +179,13 @@ class PCABottleneck(nn.Module):
       batch_var = jnp.mean(jnp.square(y_batch), axis=-2)
       var.value, var_norm.value = pca.fade_mean(
           var.value, var_norm.value, batch_var, self.variance_alpha)
-      stats['pca_update_norm'] = jnp.sqrt(jnp.mean(
-          jnp.sum(jnp.square(delta), axis=(-2, -1))))
+      raw_norm = jnp.sqrt(jnp.sum(jnp.square(raw_delta), axis=(-2, -1)))
+      # RMS over problems of the Sanger step before the clip, and the share of
+      # problems (locations) whose step the clip shortened.
+      stats['pca_update_norm'] = jnp.sqrt(jnp.mean(jnp.square(raw_norm)))
+      stats['pca_clipped_fraction'] = (
+          jnp.mean((raw_norm > self.max_update_norm).astype(jnp.float32))
+          if self.max_update_norm is not None else jnp.zeros(()))
 
     c = jax.lax.stop_gradient(basis.value)
     mu = jax.lax.stop_gradient(mean.value)

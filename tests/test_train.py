@@ -1,0 +1,117 @@
+"""End-to-end: train_and_evaluate on a tiny config, resume, reconstruct,
+config validation, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, tiny_config
+from pcavae import configlib
+from pcavae import reconstruct
+from pcavae import train
+from pcavae import writers
+
+
+def test_train_and_evaluate_writes_outputs_and_resumes(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config()
+  final = train.train_and_evaluate(config, workdir)
+  assert final['step'] == 6
+  assert 0 < final['eval/psnr'] < 60 and -1 <= final['eval/ssim'] <= 1
+  assert final['eval/num_images'] == 16
+  records = writers.read_metrics(workdir)
+  steps = [r['step'] for r in records if 'loss' in r]
+  assert steps == [2, 4, 6]
+  assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
+  assert any('bottleneck/pca_update_norm' in r for r in records)
+  assert os.path.exists(os.path.join(workdir, 'images',
+                                     'reconstructions_step_0000006.png'))
+  grid = np.asarray(Image.open(os.path.join(
+      workdir, 'images', 'reconstructions_step_0000006.png')))
+  assert grid.shape[0] > 2 * 16 and grid.std() > 0
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['bottleneck']['kind'] == 'pca'
+
+  # A second call with more steps resumes from step 6 and continues.
+  config.num_train_steps = 9
+  final2 = train.train_and_evaluate(config, workdir)
+  assert final2['step'] == 9
+  records = writers.read_metrics(workdir)
+  assert [r['step'] for r in records if 'loss' in r] == [2, 4, 6, 8, 9]
+  assert '9' in os.listdir(os.path.join(workdir, 'checkpoints'))
+
+  # The restored model reconstructs a folder with one jitted function.
+  inp = tmp_path / 'in'
+  (inp / 'sub').mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for name in ('a.png', 'sub/b.jpg'):
+    Image.fromarray(rng.integers(0, 255, (40, 30, 3), np.uint8)).save(
+        inp / name)
+  out = tmp_path / 'out'
+  written = reconstruct.reconstruct_folder(workdir, str(inp), str(out),
+                                           batch_size=4)
+  assert sorted(os.path.relpath(p, out) for p in written) == [
+      'a.png', os.path.join('sub', 'b.png')]
+  assert np.asarray(Image.open(out / 'a.png')).shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('model.bottleneck.kind', 'nope', 'config.model.bottleneck.kind'),
+    ('model.bottleneck.num_components', 9,
+     'config.model.bottleneck.num_components'),
+    ('resolution', 18, 'config.resolution'),
+    ('model.bottleneck.mode', 'diagonal', 'config.model.bottleneck.mode'),
+    ('model.bottleneck.colour', 3, 'config.model.bottleneck.colour'),
+    ('batch_size', 0, 'config.batch_size'),
+    ('optimizer.schedule', 'linear', 'config.optimizer.schedule'),
+    ('dataset.name', 'imagenet', 'config.dataset.name'),
+    ('compute_dtype', 'float16', 'config.compute_dtype'),
+])
+def test_invalid_configs_fail_before_compute_naming_the_key(
+    tmp_path, key, value, match):
+  config = tiny_config(**{key: value})
+  with pytest.raises(ValueError, match=match.replace('.', r'\.')):
+    train.train_and_evaluate(config, str(tmp_path / 'bad'))
+  assert not os.path.exists(tmp_path / 'bad')  # nothing was started
+
+
+def test_q_bounded_by_global_dim():
+  config = tiny_config(arg='setting=global,runlocal')
+  config.model.bottleneck.num_components = 65
+  with pytest.raises(ValueError, match='global_dim'):
+    configlib.validate(config)
+
+
+def test_every_setting_builds_a_valid_config():
+  for setting in ('spatial16', 'spatial4', 'global', 'shared'):
+    for extra in ('', ',runlocal'):
+      configlib.validate(configlib.load(
+          os.path.join(ROOT, 'configs', 'pcavae.py') + f':setting={setting}'
+          + extra))
+  with pytest.raises(ValueError, match='Unknown config argument'):
+    configlib.load(os.path.join(ROOT, 'configs', 'pcavae.py') + ':resolution=3')
+
+
+def test_cli_runs_and_prints_outputs(tmp_path):
+  workdir = tmp_path / 'cli'
+  cmd = [sys.executable, '-m', 'pcavae.main',
+         '--config=' + os.path.join(ROOT, 'configs', 'pcavae.py') + ':runlocal',
+         f'--workdir={workdir}', '--config.num_train_steps=2',
+         '--config.resolution=16', '--config.model.channels=(8,16)',
+         '--config.model.latent_dim=8', '--config.model.num_res_layers=1',
+         '--config.model.bottleneck.num_components=4',
+         '--config.batch_size=4', '--config.eval.batch_size=4',
+         '--config.eval.num_examples=8', '--config.log_every_steps=1',
+         '--config.tensorboard=False']
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'Outputs in {workdir}' in out.stdout
+  assert 'steps/s' in out.stderr and 'ETA' in out.stderr
+  assert json.loads(out.stdout.splitlines()[0])['step'] == 2

@@ -4,9 +4,12 @@ Checkpoints live in `workdir/checkpoints/<step>/`. Orbax writes each one into a
 temporary directory and renames it when complete, so a process killed mid-save
 leaves no step that looks finished. Restore walks the finished steps from the
 newest down and takes the first that reads back; a damaged one is skipped with
-a warning that names it and is left on disk for inspection.
+a warning that names it and is moved (never deleted) to
+`workdir/checkpoints_damaged/<step>` for inspection, so that the step can be
+written again by the resumed run.
 """
 
+import os
 from typing import Any, Optional, Tuple
 
 from absl import logging
@@ -51,9 +54,12 @@ class Checkpointer:
         state = self._manager.restore(
             step, args=ocp.args.StandardRestore(abstract_state))
       except Exception as e:  # pylint: disable=broad-except
+        moved = self._move_aside(step)
         logging.warning('Checkpoint at step %d in %s could not be restored '
-                        '(%s: %s); trying an older one. It is left on disk.',
-                        step, self.directory, type(e).__name__, e)
+                        '(%s: %s); trying an older one. It was moved to %s '
+                        '(not deleted) so that this step can be saved again.',
+                        step, self.directory, type(e).__name__,
+                        str(e)[:300], moved)
         self.skipped_steps.append(step)
         continue
       if self.skipped_steps:
@@ -64,6 +70,27 @@ class Checkpointer:
       logging.warning('No readable checkpoint in %s (skipped %s); starting '
                       'from scratch.', self.directory, self.skipped_steps)
     return None, 0
+
+  def _move_aside(self, step: int) -> Optional[str]:
+    """Renames a damaged step directory to `<dir>_damaged/<step>[.n]`."""
+    src = os.path.join(self.directory, str(step))
+    if not os.path.isdir(src):
+      return None
+    if jax.process_index() == 0:
+      dst_root = os.path.normpath(self.directory) + '_damaged'
+      os.makedirs(dst_root, exist_ok=True)
+      dst, n = os.path.join(dst_root, str(step)), 0
+      while os.path.exists(dst):
+        n += 1
+        dst = os.path.join(dst_root, f'{step}.{n}')
+      os.rename(src, dst)
+    else:
+      dst = os.path.normpath(self.directory) + f'_damaged/{step}'
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'pcavae_move_aside_{step}')
+    self._manager.reload()
+    return dst
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -120,3 +120,36 @@ def load(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+# Keys that may change between a run and its resumption without changing
+# what is being trained (prefixes match nested keys).
+RESUMABLE_KEYS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
+                  'checkpoint_every_steps', 'keep_checkpoints', 'tensorboard',
+                  'skip_nonfinite_steps', 'eval.', 'mesh.')
+
+
+def flatten(tree: Any, prefix: str = '') -> Dict[str, Any]:
+  """`{'a': {'b': 1}}` -> `{'a.b': 1}`; tuples become lists (as in JSON)."""
+  if hasattr(tree, 'to_dict'):
+    tree = tree.to_dict()
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) or hasattr(v, 'to_dict'):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = json.loads(json.dumps(v, default=str))
+  return out
+
+
+def differences(saved: Any, new: Any, ignore=RESUMABLE_KEYS):
+  """`[(key, saved value, new value)]` for keys that differ, minus `ignore`."""
+  a, b = flatten(saved), flatten(new)
+  out = []
+  for key in sorted(set(a) | set(b)):
+    if any(key == i or (i.endswith('.') and key.startswith(i))
+           for i in ignore):
+      continue
+    if a.get(key, '<absent>') != b.get(key, '<absent>'):
+      out.append((key, a.get(key, '<absent>'), b.get(key, '<absent>')))
+  return out

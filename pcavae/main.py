@@ -25,6 +25,9 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Number of processes (multi-host).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'This process (multi-host).')
+_CONFIG_MISMATCH = flags.DEFINE_enum(
+    'config_mismatch', 'error', ['error', 'allow'],
+    'What to do when --workdir holds a run of a different config.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -37,7 +40,8 @@ def main(argv):
                                   _PROCESS_ID.value)
   from pcavae import train  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(_WORKDIR.value)
-  final = train.train_and_evaluate(_CONFIG.value, workdir)
+  final = train.train_and_evaluate(_CONFIG.value, workdir,
+                                   config_mismatch=_CONFIG_MISMATCH.value)
   if sharding.is_primary():
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                       for k, v in final.items()}), flush=True)

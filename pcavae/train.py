@@ -100,7 +100,8 @@ def make_init_fn(model, tx, config) -> Callable[[jax.Array], State]:
     state = {'params': params, 'opt_state': tx.init(params),
              'step': jnp.zeros((), jnp.int32), 'rng': run_rng,
              'num_nonfinite': jnp.zeros((), jnp.int32),
-             'first_nonfinite_step': jnp.full((), -1, jnp.int32)}
+             'first_nonfinite_step': jnp.full((), -1, jnp.int32),
+             'first_nonfinite_what': jnp.full((), -1, jnp.int32)}
     state.update(variables)
     return state
   return init
@@ -136,7 +137,9 @@ def make_train_step(model, tx, schedule, config) -> Callable:
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     grad_norm = _tree_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    checked = jnp.stack([loss, rec, aux['loss'], grad_norm]).astype(
+        jnp.float32)                                  # NONFINITE_ORDER
+    finite = jnp.all(jnp.isfinite(checked))
 
     new_state = dict(state, params=params, opt_state=opt_state, **new_cols)
     # A non-finite step is not applied (state, PCA included, stays as it was)
@@ -146,9 +149,12 @@ def make_train_step(model, tx, schedule, config) -> Callable:
     new_state['step'] = step + 1
     new_state['num_nonfinite'] = state['num_nonfinite'] + (~finite).astype(
         jnp.int32)
+    first = (~finite) & (state['first_nonfinite_step'] < 0)
     new_state['first_nonfinite_step'] = jnp.where(
-        (~finite) & (state['first_nonfinite_step'] < 0), step,
-        state['first_nonfinite_step'])
+        first, step, state['first_nonfinite_step'])
+    new_state['first_nonfinite_what'] = jnp.where(
+        first, jnp.argmax(~jnp.isfinite(checked)).astype(jnp.int32),
+        state['first_nonfinite_what'])
 
     measurements = {
         'loss': loss, 'reconstruction_loss': rec,
@@ -164,7 +170,10 @@ def make_train_step(model, tx, schedule, config) -> Callable:
 
 
 _NON_COLLECTION_KEYS = ('params', 'opt_state', 'step', 'rng', 'num_nonfinite',
-                        'first_nonfinite_step')
+                        'first_nonfinite_step', 'first_nonfinite_what')
+# What the train step checks for NaN/Inf, in this order.
+NONFINITE_ORDER = ('loss', 'reconstruction_loss', 'bottleneck_loss',
+                   'grad_norm')
 
 
 def collections_of(state: State) -> Dict[str, Any]:
@@ -261,34 +270,75 @@ def _format_eta(seconds: float) -> str:
   return f'{h}:{m:02d}:{s:02d}'
 
 
-def _check_finite(state: State, config, last_measurements) -> int:
-  """Raises when a non-finite step happened and skipping is off."""
+class NonFiniteError(FloatingPointError):
+  """A train step produced a NaN/Inf loss or gradient."""
+
+
+def _check_finite(state: State, config) -> int:
+  """Returns the number of skipped non-finite steps; raises on the first
+  one unless `config.skip_nonfinite_steps`."""
   n = int(jax.device_get(state['num_nonfinite']))
   if n and not config.get('skip_nonfinite_steps', False):
     first = int(jax.device_get(state['first_nonfinite_step']))
-    bad = [k for k, v in (last_measurements or {}).items()
-           if not np.all(np.isfinite(v))]
-    raise FloatingPointError(
-        f'Non-finite loss or gradient at step {first} (measurements '
-        f'non-finite at the last log: {bad or "none logged"}); the update was '
-        'not applied and training stopped. The last good checkpoint is '
-        'intact. Set config.skip_nonfinite_steps=True to skip such steps.')
+    what = NONFINITE_ORDER[int(jax.device_get(state['first_nonfinite_what']))]
+    raise NonFiniteError(
+        f'Non-finite {what} at step {first} (the first non-finite measurement '
+        f'of that step, checked in the order {NONFINITE_ORDER}). The update '
+        'was not applied and training stopped; the last good checkpoint is '
+        'intact. Lower config.optimizer.learning_rate, or set '
+        'config.skip_nonfinite_steps=True to skip such steps and count them.')
   return n
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> Dict[str, float]:
+def check_resumable(config: ml_collections.ConfigDict, workdir: str,
+                    config_mismatch: str = 'error') -> None:
+  """Refuses to resume a workdir that holds a run of a different config.
+
+  Keys in `configlib.RESUMABLE_KEYS` (step counts, log/eval cadence, ...)
+  may differ. With `config_mismatch='allow'` the differences are logged, the
+  old config is kept as `config.<n>.json`, and training resumes.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  diff = configlib.differences(saved, config)
+  if not diff:
+    return
+  lines = '\n'.join(f'  {k}: {a!r} (saved) -> {b!r} (now)' for k, a, b in diff)
+  if config_mismatch != 'allow':
+    raise ValueError(
+        f'{workdir} holds a run with a different config:\n{lines}\nUse another '
+        '--workdir, or pass --config_mismatch=allow to resume it with the new '
+        'config anyway.')
+  logging.warning('Resuming %s with a changed config (allowed):\n%s', workdir,
+                  lines)
+  if sharding.is_primary():
+    n = 1
+    while os.path.exists(os.path.join(workdir, f'config.{n}.json')):
+      n += 1
+    os.replace(path, os.path.join(workdir, f'config.{n}.json'))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       config_mismatch: str = 'error') -> Dict[str, float]:
   """Trains, evaluates and checkpoints in `workdir`; returns the final eval.
 
   Args:
     config: a config from `configs/` (see configs/common.py for the keys).
     workdir: output directory: `metrics.jsonl`, `checkpoints/`, `images/`,
       `config.json` (and `tensorboard/` when TensorFlow is installed).
+    config_mismatch: 'error' (default) refuses to resume a workdir whose
+      saved config differs in a key that changes the run; 'allow' resumes.
 
   Returns:
     The final eval metrics (`eval/psnr`, `eval/ssim`, ...).
   """
   configlib.validate(config)
+  if config_mismatch not in ('error', 'allow'):
+    raise ValueError(f'config_mismatch={config_mismatch!r}: error | allow.')
+  check_resumable(config, workdir, config_mismatch)
   mesh = sharding.make_mesh(config)
   n_data = mesh.shape[sharding.DATA_AXIS]
   if config.eval.batch_size % n_data:
@@ -379,8 +429,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         scalars['steps_per_sec'] = rate
         scalars['images_per_sec'] = rate * config.batch_size
         scalars['input_wait_fraction'] = wait_time / max(now - t_log, 1e-9)
-        scalars['num_nonfinite_steps'] = _check_finite(
-            state, config, last_measurements)
+        scalars['num_nonfinite_steps'] = _check_finite(state, config)
         writer.write_scalars(step, scalars)
         logging.info('step %d/%d  loss %.5f  %.2f steps/s  ETA %s', step,
                      total, float(last_measurements['loss']), rate,
@@ -392,7 +441,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
       if (step % config.checkpoint_every_steps == 0 or is_last
           or preempt.signum is not None):
-        _check_finite(state, config, last_measurements)
+        _check_finite(state, config)
         if ckpt.save(step, state):
           logging.info('Saving checkpoint at step %d to %s.', step,
                        ckpt.directory)
@@ -421,6 +470,8 @@ def collections_stats(state: State) -> Dict[str, float]:
       if path[-1].key == 'basis':
         out['pca/orthonormality_error'] = float(
             pca_lib.orthonormality_error(leaf))
+      elif path[-1].key == 'forced_orthonormalizations':
+        out['pca/forced_orthonormalizations'] = int(leaf)
   return out
 
 

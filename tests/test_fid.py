@@ -161,6 +161,19 @@ def test_tf1_bilinear_matrix():
                                 np.eye(5, dtype=np.float32))
 
 
+def test_preprocess_input_range():
+  # [-1, 1] -> pixels (x + 1) * 127.5 -> (u - 128) / 128, after clipping.
+  x = np.array([-2.0, -1.0, 0.0, 1.0, 3.0], np.float32)
+  x = np.broadcast_to(x[None, None, :, None], (1, 299, 5, 3))
+  x = np.pad(x, ((0, 0), (0, 0), (0, 294), (0, 0)), mode='edge')
+  out = np.asarray(inception.preprocess(x))
+  np.testing.assert_allclose(out[0, 0, :5, 0],
+                             [-1, -1, -0.5 / 128, 0.9921875, 0.9921875],
+                             atol=1e-6)
+  q = np.asarray(inception.preprocess(x + 0.001, quantize=True))
+  np.testing.assert_allclose(q[0, 0, 2, 0], (128 - 128) / 128, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # Inception vs TorchScript (needs torch for the conversion only).
 
@@ -232,11 +245,12 @@ def test_features_match_torchscript_real_photos(torch_net):
 @needs_torch
 def test_features_jit_grayscale_and_metadata(converted):
   fn = inception.make_inception_features()
-  x = np.random.default_rng(1).uniform(-1, 1, (1, 32, 32, 1))
+  # Same shape as the random-image test, so `fn` reuses its compilation.
+  x = np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 1))
   x = x.astype(np.float32)
   a = np.asarray(jax.jit(fn)(x))
   b = np.asarray(fn(np.repeat(x, 3, -1)))
-  assert a.shape == (1, 2048)
+  assert a.shape == (2, 2048)
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   meta = inception.read_metadata(converted)
   assert meta['source_sha1'] == 'A16E4D89C0ECBC17A915DD76EA9E41211AA82562'

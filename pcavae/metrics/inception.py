@@ -35,7 +35,7 @@ only reads that file and never imports torch.
 import functools
 import os
 import pathlib
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import flax.linen as nn
 import jax

@@ -28,12 +28,11 @@ import functools
 import importlib.util
 import pathlib
 import pickle
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 Array = jax.Array
 Params = Dict[str, Any]

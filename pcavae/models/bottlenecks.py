@@ -11,12 +11,14 @@ its Hebbian step size when `learning_rate` is None (the reference ties the two);
 other bottlenecks ignore it.
 """
 
-from typing import Any, Callable, Dict, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pcavae import losses
+from pcavae.metrics import codebook as codebook_metrics
 from pcavae.models import pca
 
 Array = jax.Array
@@ -83,6 +85,12 @@ class PCABottleneck(nn.Module):
       reference's `embedding_dim` with `keep_shape=False`); None runs the PCA
       on the flattened latent itself.
     variance_alpha: fade factor of the running coefficient variances.
+    orthonormality_tolerance: every `orthonormality_check_every` updates the
+      error `max |C^T C - I|` is measured; above this tolerance the basis is
+      re-orthonormalised at once (between the scheduled ones) and the event
+      counted in `pca/forced_orthonormalizations`. None disables the check.
+    orthonormality_check_every: how often that check runs (it costs one Gram
+      matrix, as much as a Sanger step, so not every step).
   """
   num_components: int
   mode: str = 'spatial'
@@ -92,6 +100,8 @@ class PCABottleneck(nn.Module):
   orthonormalize_every: Optional[int] = None
   global_dim: Optional[int] = None
   variance_alpha: float = 0.99
+  orthonormality_tolerance: Optional[float] = 1e-2
+  orthonormality_check_every: int = 16
 
   def _samples(self, h: Array) -> Array:
     """NHWC latent -> `(problems..., n, dim)` samples for the PCA."""
@@ -153,6 +163,8 @@ class PCABottleneck(nn.Module):
     var_norm = self.variable('pca', 'coef_var_norm',
                              lambda: jnp.zeros(problem_shape, jnp.float32))
     count = self.variable('pca', 'count', lambda: jnp.zeros((), jnp.int32))
+    forced = self.variable('pca', 'forced_orthonormalizations',
+                           lambda: jnp.zeros((), jnp.int32))
 
     stats: Aux = {}
     if train and not self.is_initializing():
@@ -170,8 +182,18 @@ class PCABottleneck(nn.Module):
       new_basis = basis.value + jnp.asarray(eta, jnp.float32) * delta
       new_count = count.value + 1
       every = self.orthonormalize_every or q
-      new_basis = jax.lax.cond(new_count % every == 0, pca.orthonormalize,
-                               lambda c: c, new_basis)
+      scheduled = new_count % every == 0
+      if self.orthonormality_tolerance is not None:
+        # Drift check between scheduled re-orthonormalisations.
+        drifted = jax.lax.cond(
+            (new_count % self.orthonormality_check_every == 0) & ~scheduled,
+            lambda c: pca.orthonormality_error(c)
+            > self.orthonormality_tolerance,
+            lambda c: jnp.zeros((), bool), new_basis)
+        forced.value = forced.value + drifted.astype(jnp.int32)
+        scheduled = scheduled | drifted
+      new_basis = jax.lax.cond(scheduled, pca.orthonormalize, lambda c: c,
+                               new_basis)
       basis.value, mean.value, fade_norm.value = new_basis, mu, s
       count.value = new_count
       # Running variance of each coefficient (coefficients are centred).
@@ -205,3 +227,490 @@ class PCABottleneck(nn.Module):
     aux = {'loss': jnp.zeros((), jnp.float32), 'coefficients': coefficients,
            **stats}
     return h_hat.astype(in_dtype), aux
+
+
+# ---------------------------------------------------------------------------
+# Baselines (issue 4). Each is selected by `config.model.bottleneck.kind`;
+# the discrete ones return `codes`, one int32 index per latent location, and
+# batch statistics (`codebook_usage`, `perplexity`) that the trainer logs.
+# Distances and codebook updates are always float32.
+# ---------------------------------------------------------------------------
+
+
+def _variance_scaling_uniform(key: Array, shape: Tuple[int, int]) -> Array:
+  """Sonnet's VQ-VAE codebook init: U(+-sqrt(3 / D)) for a `(K, D)` book."""
+  limit = jnp.sqrt(3.0 / shape[-1])
+  return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
+
+
+def nearest_code(z: Array, codebook: Array) -> Array:
+  """Index of the nearest code (squared Euclidean) for each row of `z`.
+
+  Args:
+    z: `(n, d)` inputs.
+    codebook: `(K, d)` codes.
+
+  Returns:
+    `(n,)` int32 indices.
+  """
+  z = z.astype(jnp.float32)
+  codebook = codebook.astype(jnp.float32)
+  # HIGHEST: a TF32/bf16 matmul on accelerators can flip near-ties and
+  # mis-assign codes; the lookup is cheap next to the convs.
+  cross = jnp.matmul(z, codebook.T, precision=jax.lax.Precision.HIGHEST)
+  dist = (jnp.sum(jnp.square(z), -1, keepdims=True) - 2.0 * cross
+          + jnp.sum(jnp.square(codebook), -1)[None, :])
+  return jnp.argmin(dist, axis=-1).astype(jnp.int32)
+
+
+def _batch_code_stats(codes: Array, num_codes: int) -> Aux:
+  hist = codebook_metrics.code_histogram(codes, num_codes)
+  return {'codebook_usage': codebook_metrics.usage(hist),
+          'perplexity': codebook_metrics.perplexity(hist)}
+
+
+def _straight_through(z: Array, q: Array) -> Array:
+  """`z + sg(q - z)`: forward value `q`, gradient of the identity to `z`."""
+  return z + jax.lax.stop_gradient(q - z)
+
+
+def _flatten(h: Array) -> Tuple[Array, Tuple[int, ...]]:
+  return h.reshape(-1, h.shape[-1]), h.shape[:-1]
+
+
+@register('vq')
+class VQBottleneck(nn.Module):
+  """VQ-VAE (van den Oord et al. 2017): a gradient-trained codebook.
+
+  Each D-vector of the latent is replaced by its nearest code `e`; the
+  decoder sees `z + sg(e - z)` (straight-through). Loss
+  `||sg(z) - e||^2 + beta ||z - sg(e)||^2`. Note that taming-transformers'
+  `VectorQuantizer2` defaults to `legacy=True`, which puts beta on the
+  codebook term instead (`beta ||sg(z) - e||^2 + ||z - sg(e)||^2`); VQGAN
+  checkpoints were trained that way. `legacy_beta=True` selects it.
+
+  Attributes:
+    codebook_size: K.
+    beta: commitment weight (0.25).
+    legacy_beta: taming's placement of beta (see above).
+  """
+  codebook_size: int = 1024
+  beta: float = 0.25
+  legacy_beta: bool = False
+
+  @nn.compact
+  def __call__(self, h: Array, train: bool, lr: Optional[Array] = None
+               ) -> Tuple[Array, Aux]:
+    del train, lr
+    in_dtype = h.dtype
+    z = h.astype(jnp.float32)
+    codebook = self.param('codebook', _variance_scaling_uniform,
+                          (self.codebook_size, z.shape[-1]))
+    flat, lead = _flatten(z)
+    codes = nearest_code(jax.lax.stop_gradient(flat), codebook)
+    e = jnp.take(codebook, codes, axis=0).reshape(z.shape)
+    loss, cb, commit = losses.vq_loss(z, e, self.beta, self.legacy_beta)
+    aux = {'loss': loss, 'codebook_loss': cb, 'commitment_loss': commit,
+           'codes': codes.reshape(lead),
+           **_batch_code_stats(codes, self.codebook_size)}
+    return _straight_through(z, e).astype(in_dtype), aux
+
+
+def ema_codebook_update(embedding_sum: Array, cluster_size: Array,
+                        flat: Array, codes: Array, decay: float, eps: float
+                        ) -> Tuple[Array, Array, Array]:
+  """One EMA codebook step with Laplace smoothing (VQ-VAE appendix; Sonnet).
+
+  `N_k <- decay N_k + (1 - decay) n_k`, `m_k <- decay m_k + (1 - decay)
+  sum_{i: code_i = k} z_i`, and `e_k = m_k / N~_k` with the Laplace-smoothed
+  counts `N~_k = (N_k + eps) / (sum N + K eps) * sum N`, which keep a code
+  that was never hit from dividing by zero.
+
+  Args:
+    embedding_sum: `(K, d)` EMA of the per-code sums of inputs.
+    cluster_size: `(K,)` EMA of the per-code hit counts.
+    flat: `(n, d)` stop-gradient inputs.
+    codes: `(n,)` their code indices.
+    decay: EMA decay (0.99).
+    eps: Laplace smoothing constant (1e-5).
+
+  Returns:
+    `(embedding, embedding_sum, cluster_size)` after the step.
+  """
+  k = cluster_size.shape[0]
+  onehot = jax.nn.one_hot(codes, k, dtype=jnp.float32)
+  counts = jnp.sum(onehot, axis=0)
+  sums = jnp.matmul(onehot.T, flat.astype(jnp.float32),
+                    precision=jax.lax.Precision.HIGHEST)
+  cluster_size = decay * cluster_size + (1.0 - decay) * counts
+  embedding_sum = decay * embedding_sum + (1.0 - decay) * sums
+  n = jnp.sum(cluster_size)
+  smoothed = (cluster_size + eps) / (n + k * eps) * n
+  return embedding_sum / smoothed[:, None], embedding_sum, cluster_size
+
+
+@register('ema_vq')
+class EMAVQBottleneck(nn.Module):
+  """VQ-VAE with a codebook learned by exponential moving averages.
+
+  The codebook gets no gradient: it lives in the `vq_ema` collection
+  (`embedding`, `embedding_sum`, `cluster_size`) and is updated in training
+  by `ema_codebook_update` from stop-gradient encoder outputs; the loss is
+  the commitment term `beta ||z - sg(e)||^2` only. The output uses the codes
+  chosen before this step's update (the codebook that assigned them).
+
+  `cluster_size` starts at one hit per code and `embedding_sum` at the
+  initial codes, so a code no batch has hit yet keeps its initial vector
+  (starting from zero counts, the first update divides by `eps` and throws
+  unused codes far away, where they stay dead).
+
+  Dead-code restart (off by default): a code whose EMA hit count falls below
+  `dead_code_threshold` is moved to a random encoder output of the current
+  batch, with its count reset to 1 (an expected hit per step, which gives it
+  about `log(threshold) / log(decay)` steps to win samples before the next
+  restart).
+
+  Attributes:
+    codebook_size: K.
+    beta: commitment weight (0.25).
+    decay: EMA decay (0.99).
+    eps: Laplace smoothing (1e-5).
+    dead_code_threshold: restart codes whose EMA hit count is below this;
+      None disables restarts.
+  """
+  codebook_size: int = 1024
+  beta: float = 0.25
+  decay: float = 0.99
+  eps: float = 1e-5
+  dead_code_threshold: Optional[float] = None
+
+  @nn.compact
+  def __call__(self, h: Array, train: bool, lr: Optional[Array] = None
+               ) -> Tuple[Array, Aux]:
+    del lr
+    in_dtype = h.dtype
+    z = h.astype(jnp.float32)
+    k, d = self.codebook_size, z.shape[-1]
+    init_rng = (self.make_rng('params') if self.is_initializing() else None)
+    embedding = self.variable(
+        'vq_ema', 'embedding',
+        lambda: _variance_scaling_uniform(init_rng, (k, d)))
+    embedding_sum = self.variable('vq_ema', 'embedding_sum',
+                                  lambda: embedding.value)
+    cluster_size = self.variable('vq_ema', 'cluster_size',
+                                 lambda: jnp.ones((k,), jnp.float32))
+
+    flat, lead = _flatten(z)
+    flat_sg = jax.lax.stop_gradient(flat)
+    codebook = jax.lax.stop_gradient(embedding.value)
+    codes = nearest_code(flat_sg, codebook)
+    e = jnp.take(codebook, codes, axis=0).reshape(z.shape)
+    commit = jnp.mean(jnp.square(z - e))
+    aux = {'loss': self.beta * commit, 'commitment_loss': commit,
+           'codes': codes.reshape(lead), **_batch_code_stats(codes, k)}
+
+    if train and not self.is_initializing():
+      new_emb, new_sum, new_size = ema_codebook_update(
+          embedding_sum.value, cluster_size.value, flat_sg, codes,
+          self.decay, self.eps)
+      if self.dead_code_threshold is not None:
+        dead = new_size < self.dead_code_threshold
+        pick = jax.random.randint(self.make_rng('sample'), (k,), 0,
+                                  flat_sg.shape[0])
+        fresh = jnp.take(flat_sg, pick, axis=0)
+        new_emb = jnp.where(dead[:, None], fresh, new_emb)
+        new_sum = jnp.where(dead[:, None], fresh, new_sum)
+        new_size = jnp.where(dead, 1.0, new_size)
+        aux['dead_code_restarts'] = jnp.sum(dead.astype(jnp.float32))
+      embedding.value, embedding_sum.value, cluster_size.value = (
+          new_emb, new_sum, new_size)
+    return _straight_through(z, e).astype(in_dtype), aux
+
+
+@register('simvq')
+class SimVQBottleneck(nn.Module):
+  """SimVQ (Zhu et al. 2024): a frozen random codebook times a learned map.
+
+  The codes are `C W + b` with `C ~ N(0, d^-1/2)` fixed at init (held in the
+  `simvq` collection, never updated) and the linear map `W, b` learned; the
+  lookup, straight-through and loss are those of `vq`. Training the map
+  rotates/scales the whole codebook at once, so no code is left behind.
+
+  Attributes:
+    codebook_size: K.
+    beta: commitment weight.
+    legacy_beta: taming's placement of beta (see `VQBottleneck`).
+  """
+  codebook_size: int = 1024
+  beta: float = 0.25
+  legacy_beta: bool = False
+
+  @nn.compact
+  def __call__(self, h: Array, train: bool, lr: Optional[Array] = None
+               ) -> Tuple[Array, Aux]:
+    del train, lr
+    in_dtype = h.dtype
+    z = h.astype(jnp.float32)
+    k, d = self.codebook_size, z.shape[-1]
+    init_rng = (self.make_rng('params') if self.is_initializing() else None)
+    frozen = self.variable(
+        'simvq', 'frozen_codebook',
+        lambda: jax.random.normal(init_rng, (k, d), jnp.float32) * d ** -0.5)
+    codebook = nn.Dense(d, name='codebook_map', dtype=jnp.float32,
+                        precision=jax.lax.Precision.HIGHEST)(
+                            jax.lax.stop_gradient(frozen.value))
+    flat, lead = _flatten(z)
+    codes = nearest_code(jax.lax.stop_gradient(flat), codebook)
+    e = jnp.take(codebook, codes, axis=0).reshape(z.shape)
+    loss, cb, commit = losses.vq_loss(z, e, self.beta, self.legacy_beta)
+    aux = {'loss': loss, 'codebook_loss': cb, 'commitment_loss': commit,
+           'codes': codes.reshape(lead), **_batch_code_stats(codes, k)}
+    return _straight_through(z, e).astype(in_dtype), aux
+
+
+def _l2_normalize(x: Array, eps: float = 1e-6) -> Array:
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1,
+                                               keepdims=True), eps * eps))
+
+
+@register('vqgan_fc')
+class FactorizedVQBottleneck(nn.Module):
+  """Factorized, l2-normalised codes (ViT-VQGAN, Yu et al. 2022).
+
+  A linear map takes each D-vector to `lookup_dim` dimensions; inputs and
+  codes are l2-normalised, so the nearest code is the one of highest cosine
+  similarity; the selected code (straight-through, `vq` loss on the
+  normalised vectors) is mapped back to D by a second linear layer.
+
+  Attributes:
+    codebook_size: K.
+    lookup_dim: dimension of the lookup space (8).
+    beta: commitment weight.
+    legacy_beta: taming's placement of beta (see `VQBottleneck`).
+  """
+  codebook_size: int = 1024
+  lookup_dim: int = 8
+  beta: float = 0.25
+  legacy_beta: bool = False
+
+  @nn.compact
+  def __call__(self, h: Array, train: bool, lr: Optional[Array] = None
+               ) -> Tuple[Array, Aux]:
+    del train, lr
+    in_dtype = h.dtype
+    d = h.shape[-1]
+    z = nn.Dense(self.lookup_dim, name='proj_in', dtype=jnp.float32)(
+        h.astype(jnp.float32))
+    z = _l2_normalize(z)
+    codebook = _l2_normalize(self.param(
+        'codebook', nn.initializers.normal(1.0),
+        (self.codebook_size, self.lookup_dim), jnp.float32))
+    flat, lead = _flatten(z)
+    codes = nearest_code(jax.lax.stop_gradient(flat), codebook)
+    e = jnp.take(codebook, codes, axis=0).reshape(z.shape)
+    loss, cb, commit = losses.vq_loss(z, e, self.beta, self.legacy_beta)
+    z_q = nn.Dense(d, name='proj_out', dtype=jnp.float32)(
+        _straight_through(z, e))
+    aux = {'loss': loss, 'codebook_loss': cb, 'commitment_loss': commit,
+           'codes': codes.reshape(lead),
+           **_batch_code_stats(codes, self.codebook_size)}
+    return z_q.astype(in_dtype), aux
+
+
+def fsq_bound(z: Array, levels: Sequence[int], eps: float = 1e-3) -> Array:
+  """FSQ's bounding function: channel i lands in `L_i` integer bins.
+
+  `tanh(z + shift) * half_l - offset` with `half_l = (L - 1)(1 - eps) / 2`,
+  `offset = 0.5` for even L (so that rounding gives L values,
+  `-L/2 .. L/2 - 1`) and 0 for odd L (`-(L-1)/2 .. (L-1)/2`), and
+  `shift = atanh(offset / half_l)` so that `bound(0) = 0`.
+  """
+  lv = jnp.asarray(levels, jnp.float32)
+  half_l = (lv - 1.0) * (1.0 - eps) / 2.0
+  offset = jnp.where(jnp.asarray(levels) % 2 == 0, 0.5, 0.0)
+  shift = jnp.arctanh(offset / half_l)
+  return jnp.tanh(z + shift) * half_l - offset
+
+
+def _fsq_half_width(levels: Sequence[int]) -> Array:
+  return jnp.asarray([l // 2 for l in levels], jnp.float32)
+
+
+def _fsq_basis(levels: Sequence[int]) -> Array:
+  basis, acc = [], 1
+  for l in levels:
+    basis.append(acc)
+    acc *= l
+  return jnp.asarray(basis, jnp.int32)
+
+
+def fsq_quantize(z: Array, levels: Sequence[int]) -> Array:
+  """Bound, round (straight-through) and scale into [-1, 1]."""
+  bounded = fsq_bound(z.astype(jnp.float32), levels)
+  return _straight_through(bounded, jnp.round(bounded)) / _fsq_half_width(
+      levels)
+
+
+def fsq_codes_to_indices(codes: Array, levels: Sequence[int]) -> Array:
+  """Quantized codes in [-1, 1] `(..., len(levels))` -> mixed-radix index."""
+  half = _fsq_half_width(levels)
+  digits = jnp.round(codes * half + half).astype(jnp.int32)
+  return jnp.sum(digits * _fsq_basis(levels), axis=-1).astype(jnp.int32)
+
+
+def fsq_indices_to_codes(indices: Array, levels: Sequence[int]) -> Array:
+  """Mixed-radix index -> quantized codes in [-1, 1], `(..., len(levels))`."""
+  lv = jnp.asarray(levels, jnp.int32)
+  digits = (indices[..., None] // _fsq_basis(levels)) % lv
+  half = _fsq_half_width(levels)
+  return (digits.astype(jnp.float32) - half) / half
+
+
+@register('fsq')
+class FSQBottleneck(nn.Module):
+  """Finite scalar quantization (Mentzer et al. 2023).
+
+  Each location is mapped to `len(levels)` channels (a linear layer, skipped
+  when D equals that), each bounded by `fsq_bound` and rounded with a
+  straight-through gradient; the implicit codebook has `prod(levels)` codes
+  and `codes` is the mixed-radix index. No auxiliary loss.
+
+  Attributes:
+    levels: number of values per channel, e.g. (8, 5, 5, 5) (about 2^10
+      codes) or (8, 8, 8, 6, 5) (2^14).
+  """
+  levels: Sequence[int] = (8, 5, 5, 5)
+
+  @property
+  def num_codes(self) -> int:
+    n = 1
+    for l in self.levels:
+      n *= int(l)
+    return n
+
+  @nn.compact
+  def __call__(self, h: Array, train: bool, lr: Optional[Array] = None
+               ) -> Tuple[Array, Aux]:
+    del train, lr
+    levels = tuple(int(l) for l in self.levels)
+    in_dtype = h.dtype
+    d = h.shape[-1]
+    z = h.astype(jnp.float32)
+    project = d != len(levels)
+    if project:
+      z = nn.Dense(len(levels), name='proj_in', dtype=jnp.float32)(z)
+    q = fsq_quantize(z, levels)
+    indices = fsq_codes_to_indices(jax.lax.stop_gradient(q), levels)
+    out = nn.Dense(d, name='proj_out', dtype=jnp.float32)(q) if project else q
+    aux = {'loss': jnp.zeros((), jnp.float32), 'codes': indices,
+           **_batch_code_stats(indices, self.num_codes)}
+    return out.astype(in_dtype), aux
+
+
+def lfq_codebook(code_dim: int) -> Array:
+  """All `2^d` LFQ codes as `(2^d, d)` float32 sign vectors; bit i of the
+  index is channel i being positive."""
+  idx = jnp.arange(2 ** code_dim, dtype=jnp.int32)
+  bits = (idx[:, None] >> jnp.arange(code_dim, dtype=jnp.int32)) & 1
+  return bits.astype(jnp.float32) * 2.0 - 1.0
+
+
+@register('lfq')
+class LFQBottleneck(nn.Module):
+  """Lookup-free quantization (MAGVIT-v2, Yu et al. 2023).
+
+  Each location is mapped to `code_dim` channels (a linear layer, skipped
+  when D equals it) and each channel quantized to its sign, +-1, with a
+  straight-through gradient; the index is the binary number of the signs.
+  Loss: `entropy_weight * (per-sample entropy - batch entropy)` of the soft
+  assignment to all `2^d` codes (`losses.lfq_entropy_terms`; it is
+  materialised, so d is limited to 16) plus `commitment_weight *
+  ||z - sg(q)||^2`.
+
+  Attributes:
+    code_dim: d, bits per location.
+    entropy_weight: 0.1.
+    commitment_weight: 0.25.
+    inv_temperature: sharpness of the soft assignment in the entropy (100).
+  """
+  code_dim: int = 10
+  entropy_weight: float = 0.1
+  commitment_weight: float = 0.25
+  inv_temperature: float = 100.0
+
+  @property
+  def num_codes(self) -> int:
+    return 2 ** int(self.code_dim)
+
+  @nn.compact
+  def __call__(self, h: Array, train: bool, lr: Optional[Array] = None
+               ) -> Tuple[Array, Aux]:
+    del train, lr
+    in_dtype = h.dtype
+    d = h.shape[-1]
+    z = h.astype(jnp.float32)
+    project = d != self.code_dim
+    if project:
+      z = nn.Dense(self.code_dim, name='proj_in', dtype=jnp.float32)(z)
+    q = jnp.where(z > 0, 1.0, -1.0)
+    bits = (z > 0).astype(jnp.int32)
+    indices = jnp.sum(bits << jnp.arange(self.code_dim, dtype=jnp.int32),
+                      axis=-1).astype(jnp.int32)
+    flat, _ = _flatten(z)
+    per_sample, batch = losses.lfq_entropy_terms(
+        flat, lfq_codebook(self.code_dim), self.inv_temperature)
+    ent = per_sample - batch
+    commit = jnp.mean(jnp.square(z - jax.lax.stop_gradient(q)))
+    z_q = _straight_through(z, q)
+    out = nn.Dense(d, name='proj_out', dtype=jnp.float32)(z_q) if project \
+        else z_q
+    aux = {'loss': self.entropy_weight * ent + self.commitment_weight * commit,
+           'entropy_loss': ent, 'per_sample_entropy': per_sample,
+           'batch_entropy': batch, 'commitment_loss': commit,
+           'codes': indices, **_batch_code_stats(indices, self.num_codes)}
+    return out.astype(in_dtype), aux
+
+
+@register('kl')
+class KLBottleneck(nn.Module):
+  """Diagonal Gaussian posterior (AutoencoderKL, Rombach et al. 2022).
+
+  A 1x1 conv gives the mean and log-variance (clamped to [-30, 20]) of
+  `latent_channels` channels per location; training decodes a
+  reparameterised sample (rng stream `sample`), eval decodes the mean; a 1x1
+  conv maps back to D. Loss `kl_weight * KL(q || N(0, I))`, the KL summed
+  over the latent of an image and averaged over the batch (latent
+  diffusion's form). Note the trainer's reconstruction loss is a per-element
+  mean, whereas latent diffusion sums it over pixels, so the same
+  `kl_weight` weighs the KL `H * W * 3` times more here.
+
+  Attributes:
+    latent_channels: channels of the Gaussian latent; None: D.
+    kl_weight: 1e-6.
+  """
+  latent_channels: Optional[int] = None
+  kl_weight: float = 1e-6
+
+  @nn.compact
+  def __call__(self, h: Array, train: bool, lr: Optional[Array] = None
+               ) -> Tuple[Array, Aux]:
+    del lr
+    in_dtype = h.dtype
+    d = h.shape[-1]
+    c = self.latent_channels or d
+    moments = nn.Conv(2 * c, (1, 1), name='moments', dtype=jnp.float32)(
+        h.astype(jnp.float32))
+    mean, logvar = jnp.split(moments, 2, axis=-1)
+    logvar = jnp.clip(logvar, -30.0, 20.0)
+    std = jnp.exp(0.5 * logvar)
+    if train and not self.is_initializing():
+      noise = jax.random.normal(self.make_rng('sample'), mean.shape,
+                                jnp.float32)
+      sample = mean + std * noise
+    else:
+      sample = mean
+    kl = losses.gaussian_kl(mean, logvar)
+    out = nn.Conv(d, (1, 1), name='post', dtype=jnp.float32)(sample)
+    aux = {'loss': self.kl_weight * kl, 'kl': kl,
+           'posterior_std': jnp.mean(std), 'coefficients': mean}
+    return out.astype(in_dtype), aux

@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/pcavae_runlocal
 CONFIG ?= configs/pcavae.py:runlocal
 PYTEST_ARGS ?=
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: setup run test bench clean
 
@@ -18,11 +19,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[tf,dev]'
 	touch $@
 
+# torch (CPU) only for the Inception weight conversion and its test.
+$(VENV)/.installed-convert: $(VENV)/.installed
+	$(PY) -m pip install -q 'torch==$(TORCH_VERSION)'
+	$(PY) -m pip install -q -e '.[convert]'
+	touch $@
+
 run: setup
 	$(PY) -m pcavae.main --config=$(CONFIG) --workdir=$(WORKDIR)
 	@echo "Outputs: $(WORKDIR)/metrics.jsonl $(WORKDIR)/images/ $(WORKDIR)/checkpoints/"
 
-test: setup
+test: setup $(VENV)/.installed-convert
 	$(PY) -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS) tests
 
 clean:

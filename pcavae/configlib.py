@@ -76,8 +76,87 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        f'the {kind!r} bottleneck; it takes {sorted(fields)}.')
   if kind == 'pca':
     _validate_pca(config)
+  else:
+    _validate_baseline(config)
+  _validate_loss(config)
 
   data.validate_dataset_config(config.dataset, config.resolution)
+
+
+def _positive(value, key: str, kind=int) -> None:
+  if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+    raise ValueError(f'{key}={value!r} must be a positive integer.')
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+      not value > 0):
+    raise ValueError(f'{key}={value!r} must be positive.')
+
+
+def _validate_baseline(config: ml_collections.ConfigDict) -> None:
+  """Per-kind checks of the baseline bottlenecks' arguments."""
+  b = config.model.bottleneck
+  key = 'config.model.bottleneck.'
+  if 'codebook_size' in b:
+    _positive(b.codebook_size, key + 'codebook_size')
+  for name in ('beta', 'lookup_dim', 'code_dim', 'latent_channels'):
+    if b.get(name) is not None:
+      _positive(b[name], key + name, int if name != 'beta' else float)
+  for name in ('kl_weight', 'entropy_weight', 'commitment_weight'):
+    if name in b and not (isinstance(b[name], (int, float)) and b[name] >= 0):
+      raise ValueError(f'{key}{name}={b[name]!r} must be >= 0.')
+  if 'decay' in b and not 0.0 <= b.decay < 1.0:
+    raise ValueError(f'{key}decay={b.decay!r} must be in [0, 1).')
+  if b.get('dead_code_threshold') is not None:
+    _positive(b.dead_code_threshold, key + 'dead_code_threshold', float)
+  if 'levels' in b:
+    levels = b.levels
+    if (not isinstance(levels, (list, tuple)) or not levels
+        or any(isinstance(l, bool) or not isinstance(l, int) or l < 2
+               for l in levels)):
+      raise ValueError(f'{key}levels={levels!r} must be a non-empty list of '
+                       'integers >= 2 (e.g. (8, 5, 5, 5)).')
+  if b.get('code_dim') is not None and b.code_dim > 16:
+    raise ValueError(f'{key}code_dim={b.code_dim} exceeds 16: the LFQ '
+                     'entropy loss materialises all 2^code_dim codes.')
+
+
+LOSS_KINDS = ('reconstruction', 'vqgan')
+
+
+def _validate_loss(config: ml_collections.ConfigDict) -> None:
+  """The VQGAN objective's keys, when it is on."""
+  lc = config.loss
+  kind = lc.get('kind', 'reconstruction')
+  if kind not in LOSS_KINDS:
+    raise ValueError(f'config.loss.kind={kind!r}; choose one of {LOSS_KINDS}.')
+  if kind != 'vqgan':
+    return
+  from pcavae.models import discriminator  # pylint: disable=g-import-not-at-top
+  for name in ('perceptual_weight', 'disc_weight', 'disc_factor', 'disc_start'):
+    if not (isinstance(lc.get(name), (int, float)) and lc[name] >= 0):
+      raise ValueError(f'config.loss.{name}={lc.get(name)!r} must be >= 0.')
+  for name in ('disc_lr', 'adaptive_weight_max'):
+    _positive(lc.get(name), f'config.loss.{name}', float)
+  for name in ('disc_layers', 'disc_filters'):
+    _positive(lc.get(name), f'config.loss.{name}')
+  if lc.disc_norm not in discriminator.NORMS:
+    raise ValueError(f'config.loss.disc_norm={lc.disc_norm!r}; choose one of '
+                     f'{discriminator.NORMS}.')
+  need = discriminator.min_resolution(lc.disc_layers)
+  if config.resolution < need:
+    raise ValueError(
+        f'config.loss.disc_layers={lc.disc_layers} needs images of at least '
+        f'{need} px (config.resolution={config.resolution}).')
+  if lc.perceptual_weight:
+    net = lc.perceptual_net
+    min_size = {'alex': 31, 'vgg': 16}.get(net)
+    if min_size is None:
+      raise ValueError(f'config.loss.perceptual_net={net!r}; choose alex | '
+                       'vgg.')
+    if config.resolution < min_size:
+      raise ValueError(
+          f'config.loss.perceptual_net={net!r} (LPIPS) needs images of at '
+          f'least {min_size} px (config.resolution={config.resolution}); use '
+          'vgg or set config.loss.perceptual_weight=0.')
 
 
 def _validate_pca(config: ml_collections.ConfigDict) -> None:

@@ -26,7 +26,6 @@ from typing import Any, Callable, Dict, Tuple
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -35,10 +34,10 @@ import optax
 from pcavae import checkpointing
 from pcavae import configlib
 from pcavae import data
+from pcavae import evaluators
 from pcavae import losses
-from pcavae import metrics
 from pcavae import sharding
-from pcavae import viz
+from pcavae import vqgan
 from pcavae import writers
 from pcavae.models import autoencoder
 from pcavae.models import pca as pca_lib
@@ -103,6 +102,9 @@ def make_init_fn(model, tx, config) -> Callable[[jax.Array], State]:
              'first_nonfinite_step': jnp.full((), -1, jnp.int32),
              'first_nonfinite_what': jnp.full((), -1, jnp.int32)}
     state.update(variables)
+    if vqgan.enabled(config):
+      # fold_in, not a wider split: runs without a GAN keep their init.
+      state.update(vqgan.init_state(config, jax.random.fold_in(init_rng, 1)))
     return state
   return init
 
@@ -115,6 +117,10 @@ def _tree_norm(tree: Any) -> jax.Array:
 def make_train_step(model, tx, schedule, config) -> Callable:
   """`(state, batch) -> (state, measurements)`; pure, to be jitted."""
   rec_loss_fn = losses.RECONSTRUCTION[config.loss.reconstruction]
+  # The VQGAN objective (config.loss.kind='vqgan') replaces the gradient
+  # computation and updates the discriminator in the same step.
+  gan_grad_fn = (vqgan.make_grad_fn(model, config, rec_loss_fn)
+                 if vqgan.enabled(config) else None)
 
   def train_step(state: State, batch: jax.Array):
     cols = tuple(k for k in state if k not in _NON_COLLECTION_KEYS)
@@ -132,16 +138,24 @@ def make_train_step(model, tx, schedule, config) -> Callable:
       loss = rec + aux['loss']
       return loss, (dict(new_cols), aux, rec)
 
-    (loss, (new_cols, aux, rec)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state['params'])
+    gan_state, gan_measurements = {}, {}
+    if gan_grad_fn is None:
+      (loss, (new_cols, aux, rec)), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(state['params'])
+    else:
+      (loss, new_cols, aux, rec, grads, gan_state,
+       gan_measurements) = gan_grad_fn(state, batch, lr, rng, cols)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     grad_norm = _tree_norm(grads)
-    checked = jnp.stack([loss, rec, aux['loss'], grad_norm]).astype(
-        jnp.float32)                                  # NONFINITE_ORDER
+    checked = jnp.stack([
+        loss, rec, aux['loss'], grad_norm,
+        gan_measurements.get('gan/disc_loss', jnp.zeros(()))]).astype(
+            jnp.float32)                              # NONFINITE_ORDER
     finite = jnp.all(jnp.isfinite(checked))
 
-    new_state = dict(state, params=params, opt_state=opt_state, **new_cols)
+    new_state = dict(state, params=params, opt_state=opt_state, **new_cols,
+                     **gan_state)
     # A non-finite step is not applied (state, PCA included, stays as it was)
     # but is counted; the host decides at log/checkpoint steps whether to stop.
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
@@ -164,33 +178,24 @@ def make_train_step(model, tx, schedule, config) -> Callable:
     for k, v in aux.items():
       if k != 'loss' and jnp.ndim(v) == 0:
         measurements[f'bottleneck/{k}'] = v
+    measurements.update(gan_measurements)
     return new_state, measurements
 
   return train_step
 
 
 _NON_COLLECTION_KEYS = ('params', 'opt_state', 'step', 'rng', 'num_nonfinite',
-                        'first_nonfinite_step', 'first_nonfinite_what')
-# What the train step checks for NaN/Inf, in this order.
+                        'first_nonfinite_step', 'first_nonfinite_what'
+                        ) + vqgan.STATE_KEYS
+# What the train step checks for NaN/Inf, in this order (disc_loss: the
+# VQGAN discriminator's hinge loss, 0 without it).
 NONFINITE_ORDER = ('loss', 'reconstruction_loss', 'bottleneck_loss',
-                   'grad_norm')
+                   'grad_norm', 'disc_loss')
 
 
 def collections_of(state: State) -> Dict[str, Any]:
   """The non-trainable model collections held in a train state."""
   return {k: v for k, v in state.items() if k not in _NON_COLLECTION_KEYS}
-
-
-def make_eval_step(model) -> Callable:
-  """`(state, images) -> (recon, psnr (B,), ssim (B,))`; to be jitted."""
-
-  def eval_step(state: State, images: jax.Array):
-    variables = {'params': state['params'], **collections_of(state)}
-    recon, _ = model.apply(variables, images, train=False)
-    x, y = metrics.to_unit(images), metrics.to_unit(recon)
-    return recon, metrics.psnr(x, y), metrics.ssim(x, y)
-
-  return eval_step
 
 
 def make_reconstruct_fn(model) -> Callable:
@@ -200,43 +205,6 @@ def make_reconstruct_fn(model) -> Callable:
     recon, _ = model.apply(variables, images, train=False)
     return recon
   return reconstruct
-
-
-def _gather(x: jax.Array) -> np.ndarray:
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def evaluate(eval_step: Callable, state: State, source, config, mesh
-             ) -> Tuple[Dict[str, float], np.ndarray]:
-  """PSNR/SSIM over the eval split and the reconstruction grid.
-
-  Returns:
-    `(metrics, grid)`: means over every eval image (padding excluded) and a
-    uint8 grid of the first `config.eval.grid_size` images over their
-    reconstructions.
-  """
-  n = config.eval.num_examples
-  psnrs, ssims, first, first_recon = [], [], None, None
-  for images, mask in data.eval_batches(
-      source, global_batch_size=config.eval.batch_size,
-      num_examples=None if n < 0 else n,
-      process_index=jax.process_index(),
-      process_count=jax.process_count()):
-    g_images, g_mask = sharding.global_batch((images, mask), mesh)
-    recon, p, s = eval_step(state, g_images)
-    mask_h = _gather(g_mask)
-    psnrs.append(_gather(p)[mask_h])
-    ssims.append(_gather(s)[mask_h])
-    if first is None:
-      k = config.eval.grid_size
-      first, first_recon = _gather(g_images)[:k], _gather(recon)[:k]
-  psnr_all, ssim_all = np.concatenate(psnrs), np.concatenate(ssims)
-  out = {'eval/psnr': float(np.mean(psnr_all)),
-         'eval/ssim': float(np.mean(ssim_all)),
-         'eval/num_images': int(psnr_all.size)}
-  return out, viz.image_grid([first, first_recon])
 
 
 class _Preemption:
@@ -356,6 +324,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx, schedule = make_optimizer(config)
   init_fn = make_init_fn(model, tx, config)
   rng = jax.random.PRNGKey(config.seed)
+  # Loads the metric networks now, so a missing weight file fails early.
+  evaluator = evaluators.Evaluator(model, config, mesh, workdir,
+                                   collections_of)
 
   replicated = sharding.replicated(mesh)
   abstract_state = jax.eval_shape(init_fn, rng)
@@ -387,11 +358,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       make_train_step(model, tx, schedule, config),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(model))
 
   def run_eval(step: int) -> Dict[str, float]:
     t0 = time.perf_counter()
-    results, grid = evaluate(eval_step, state, splits.eval, config, mesh)
+    results, grid = evaluator(state, splits.eval)
     results['eval/seconds'] = time.perf_counter() - t0
     for name, value in collections_stats(state).items():
       results[name] = value

@@ -21,7 +21,8 @@ def tiny_config(family='pcavae', arg='runlocal', **overrides):
   c.model.channels = (8, 16)
   c.model.latent_dim = 8
   c.model.num_res_layers = 1
-  c.model.bottleneck.num_components = 4
+  if c.model.bottleneck.kind == 'pca':
+    c.model.bottleneck.num_components = 4
   c.eval.batch_size = 8
   c.eval.num_examples = 16
   c.eval.grid_size = 4

@@ -269,3 +269,28 @@ def test_eval_path_never_imports_torch(converted):
       'assert not bad, bad\n')
   subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO,
                  timeout=300)
+
+
+def test_eval_reports_lpips_and_rfid_with_cached_real_stats(converted,
+                                                            tmp_path):
+  """rFID and LPIPS inside train_and_evaluate: N in the name, per-metric
+  time, real-image statistics computed once and cached in the workdir."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from pcavae import train  # pylint: disable=g-import-not-at-top
+  from pcavae import writers  # pylint: disable=g-import-not-at-top
+  del converted
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(num_train_steps=2, eval_every_steps=1)
+  config.eval.rfid_num_images = 6
+  config.eval.num_examples = 8
+  final = train.train_and_evaluate(config, workdir)
+  assert np.isfinite(final['eval/rfid_6']) and final['eval/rfid_6'] > 0
+  assert 0 < final['eval/lpips_alex'] < 1
+  for k in ('recon', 'lpips', 'rfid'):
+    assert final[f'eval/seconds_{k}'] > 0
+  stats = os.listdir(os.path.join(workdir, 'fid_stats'))
+  assert stats == ['photo_patches_r16_n6.npz']
+  evals = [r for r in writers.read_metrics(workdir) if 'eval/rfid_6' in r]
+  assert len(evals) == 2
+  # The second eval reused the cached real statistics: only the fakes' pass.
+  assert evals[1]['eval/seconds_rfid'] < evals[0]['eval/seconds_rfid']

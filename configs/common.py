@@ -108,9 +108,31 @@ def get_base_config() -> ml_collections.ConfigDict:
   # rFID over this many eval images (0: off). Needs the converted Inception:
   # `python -m pcavae.metrics.convert_inception` (see README "Metrics").
   c.eval.rfid_num_images = 1000
+  # Dimensional-collapse spectra (pcavae.evaluators.Spectra) of z_e, z_q and
+  # the codebook on this many leading eval images, the same at every eval
+  # (0: off); raw spectra in workdir/spectra/, plot in workdir/images/.
+  c.eval.spectra_num_images = 256
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                       # -1: every device
+  return c
+
+
+def warmup(c: ml_collections.ConfigDict, steps: int = 0,
+           kmeans_batches: int = 10, kmeans_iters: int = 20
+           ) -> ml_collections.ConfigDict:
+  """Sets the AE warm-up keys of `c.model.bottleneck` (pcavae/warmup.py).
+
+  `warmup_steps` (0: off): steps of plain-autoencoder training before the
+  quantizer switches on; at the switch the codebook is initialised by k-means
+  (`warmup_kmeans_iters` Lloyd iterations) on the encoder latents of
+  `warmup_kmeans_batches` training batches (PCA: an exact PCA of them).
+  Every quantizing family sets them, so `--config.model.bottleneck.
+  warmup_steps=N` works from the command line.
+  """
+  c.model.bottleneck.warmup_steps = int(steps)
+  c.model.bottleneck.warmup_kmeans_batches = int(kmeans_batches)
+  c.model.bottleneck.warmup_kmeans_iters = int(kmeans_iters)
   return c
 
 

@@ -9,7 +9,9 @@ below it; `k=` sets K.
 Flags (all families): `runlocal` shrinks everything to finish in minutes on 2
 CPU cores (32 px, channels 32/64, D = 64, an 8x8 latent, 1500 steps);
 `gan` switches on the VQGAN objective (L1 + LPIPS + PatchGAN, see
-pcavae/vqgan.py); `res=`, `dataset=` override those keys.
+pcavae/vqgan.py); `res=`, `dataset=` override those keys; `warmup=N`
+trains as a plain autoencoder for N steps first (AE warm-up,
+pcavae/warmup.py; also `--config.model.bottleneck.warmup_steps=N`).
 
 The comparison job (`experiments/baselines_runlocal.py` runs every family
 this way) is
@@ -51,6 +53,7 @@ def _finish(c, a):
 def get_config(arg=None):
   """Returns the ema_vq config for `arg` (see the module docstring)."""
   a = common.parse_arg(arg, runlocal=False, gan=False, res=0, dataset='',
+                       warmup=0,
                        k=0, restart=0.0)
   c = common.get_base_config()
   c.model.bottleneck = dict(kind='ema_vq', codebook_size=1024, beta=0.25,
@@ -59,4 +62,4 @@ def get_config(arg=None):
     c.model.bottleneck.codebook_size = a.k
   if a.restart:
     c.model.bottleneck.dead_code_threshold = a.restart
-  return _finish(c, a)
+  return _finish(common.warmup(c, a.warmup), a)

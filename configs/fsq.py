@@ -9,7 +9,9 @@ give 1000 implicit codes (about 2^10, the paper's choice for that size);
 Flags (all families): `runlocal` shrinks everything to finish in minutes on 2
 CPU cores (32 px, channels 32/64, D = 64, an 8x8 latent, 1500 steps);
 `gan` switches on the VQGAN objective (L1 + LPIPS + PatchGAN, see
-pcavae/vqgan.py); `res=`, `dataset=` override those keys.
+pcavae/vqgan.py); `res=`, `dataset=` override those keys; `warmup=N`
+trains as a plain autoencoder for N steps first (AE warm-up,
+pcavae/warmup.py; also `--config.model.bottleneck.warmup_steps=N`).
 
 The comparison job (`experiments/baselines_runlocal.py` runs every family
 this way) is
@@ -51,9 +53,10 @@ def _finish(c, a):
 def get_config(arg=None):
   """Returns the fsq config for `arg` (see the module docstring)."""
   a = common.parse_arg(arg, runlocal=False, gan=False, res=0, dataset='',
+                       warmup=0,
                        levels='')
   c = common.get_base_config()
   c.model.bottleneck = dict(kind='fsq', levels=(8, 5, 5, 5))
   if a.levels:
     c.model.bottleneck.levels = tuple(int(l) for l in a.levels.split('-'))
-  return _finish(c, a)
+  return _finish(common.warmup(c, a.warmup), a)

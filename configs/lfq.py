@@ -8,7 +8,9 @@ entropy materialises all 2^d codes).
 Flags (all families): `runlocal` shrinks everything to finish in minutes on 2
 CPU cores (32 px, channels 32/64, D = 64, an 8x8 latent, 1500 steps);
 `gan` switches on the VQGAN objective (L1 + LPIPS + PatchGAN, see
-pcavae/vqgan.py); `res=`, `dataset=` override those keys.
+pcavae/vqgan.py); `res=`, `dataset=` override those keys; `warmup=N`
+trains as a plain autoencoder for N steps first (AE warm-up,
+pcavae/warmup.py; also `--config.model.bottleneck.warmup_steps=N`).
 
 The comparison job (`experiments/baselines_runlocal.py` runs every family
 this way) is
@@ -49,10 +51,11 @@ def _finish(c, a):
 
 def get_config(arg=None):
   """Returns the lfq config for `arg` (see the module docstring)."""
-  a = common.parse_arg(arg, runlocal=False, gan=False, res=0, dataset='', d=0)
+  a = common.parse_arg(arg, runlocal=False, gan=False, res=0, dataset='',
+                       warmup=0, d=0)
   c = common.get_base_config()
   c.model.bottleneck = dict(kind='lfq', code_dim=10, entropy_weight=0.1,
                             commitment_weight=0.25, inv_temperature=100.0)
   if a.d:
     c.model.bottleneck.code_dim = a.d
-  return _finish(c, a)
+  return _finish(common.warmup(c, a.warmup), a)

@@ -14,7 +14,9 @@ Settings (the `setting=` arg), each the reference's at 64 px:
 
 Flags: `runlocal` shrinks everything to finish in a few minutes on 2 CPU
 cores (32 px, channels 32/64, D = 64, Q = 16, 1500 steps); `res=`, `q=`,
-`dataset=` override those keys.
+`dataset=` override those keys; `warmup=N` trains as a plain autoencoder for
+N steps, then switches the PCA on with its basis from an exact PCA of the
+latents (AE warm-up, pcavae/warmup.py; not with `global_dim`).
 
 The default job (`make run`) is
 
@@ -47,7 +49,7 @@ SETTINGS = {
 def get_config(arg=None):
   """Returns the PCA-VAE config for `arg` (see the module docstring)."""
   a = common.parse_arg(arg, setting='spatial16', runlocal=False, res=0, q=0,
-                       dataset='')
+                       dataset='', warmup=0)
   if a.setting not in SETTINGS:
     raise ValueError(f'setting={a.setting!r}; choose one of {list(SETTINGS)}.')
   s = SETTINGS[a.setting]
@@ -75,4 +77,4 @@ def get_config(arg=None):
     c.model.bottleneck.num_components = a.q
   if a.dataset:
     c.dataset.name = a.dataset
-  return c
+  return common.warmup(c, a.warmup)

@@ -9,7 +9,9 @@ lookup dimension.
 Flags (all families): `runlocal` shrinks everything to finish in minutes on 2
 CPU cores (32 px, channels 32/64, D = 64, an 8x8 latent, 1500 steps);
 `gan` switches on the VQGAN objective (L1 + LPIPS + PatchGAN, see
-pcavae/vqgan.py); `res=`, `dataset=` override those keys.
+pcavae/vqgan.py); `res=`, `dataset=` override those keys; `warmup=N`
+trains as a plain autoencoder for N steps first (AE warm-up,
+pcavae/warmup.py; also `--config.model.bottleneck.warmup_steps=N`).
 
 The comparison job (`experiments/baselines_runlocal.py` runs every family
 this way) is
@@ -51,6 +53,7 @@ def _finish(c, a):
 def get_config(arg=None):
   """Returns the vqgan_fc config for `arg` (see the module docstring)."""
   a = common.parse_arg(arg, runlocal=False, gan=False, res=0, dataset='',
+                       warmup=0,
                        k=0, lookup_dim=0)
   c = common.get_base_config()
   c.model.bottleneck = dict(kind='vqgan_fc', codebook_size=1024, lookup_dim=8,
@@ -59,4 +62,4 @@ def get_config(arg=None):
     c.model.bottleneck.codebook_size = a.k
   if a.lookup_dim:
     c.model.bottleneck.lookup_dim = a.lookup_dim
-  return _finish(c, a)
+  return _finish(common.warmup(c, a.warmup), a)

@@ -22,11 +22,24 @@ SCHEDULES = ('exponential', 'cosine', 'constant')
 RECONSTRUCTION_LOSSES = ('mse', 'l1')
 
 
+# Keys of `config.model.bottleneck` that configure the trainer's AE warm-up
+# (pcavae/warmup.py), not the bottleneck module: not constructor arguments.
+WARMUP_KEYS = ('warmup_steps', 'warmup_kmeans_batches', 'warmup_kmeans_iters')
+
+
 def bottleneck_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The bottleneck's constructor arguments: every key but `kind`."""
+  """The bottleneck's constructor arguments: every key but `kind` and the
+  warm-up keys."""
   kw = dict(config.model.bottleneck.to_dict())
   kw.pop('kind')
+  for key in WARMUP_KEYS:
+    kw.pop(key, None)
   return kw
+
+
+def warmup_steps(config: ml_collections.ConfigDict) -> int:
+  """N of the AE warm-up (0: none; the quantizer is on from the start)."""
+  return int(config.model.bottleneck.get('warmup_steps', 0) or 0)
 
 
 def latent_shape(config: ml_collections.ConfigDict):
@@ -78,6 +91,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_pca(config)
   else:
     _validate_baseline(config)
+  _validate_warmup(config)
   _validate_loss(config)
 
   data.validate_dataset_config(config.dataset, config.resolution)
@@ -117,6 +131,35 @@ def _validate_baseline(config: ml_collections.ConfigDict) -> None:
   if b.get('code_dim') is not None and b.code_dim > 16:
     raise ValueError(f'{key}code_dim={b.code_dim} exceeds 16: the LFQ '
                      'entropy loss materialises all 2^code_dim codes.')
+
+
+def _validate_warmup(config: ml_collections.ConfigDict) -> None:
+  """The AE warm-up keys (pcavae/warmup.py)."""
+  from pcavae import warmup  # pylint: disable=g-import-not-at-top
+  b = config.model.bottleneck
+  key = 'config.model.bottleneck.'
+  n = b.get('warmup_steps', 0)
+  if n is None:
+    n = 0
+  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    raise ValueError(f'{key}warmup_steps={n!r} must be an integer >= 0.')
+  if not n:
+    return
+  if b.kind not in warmup.WARMUP_KINDS:
+    raise ValueError(
+        f'{key}warmup_steps={n}: AE warm-up needs a quantizing bottleneck or '
+        f'pca ({warmup.WARMUP_KINDS}), not {b.kind!r}.')
+  if b.kind == 'pca' and b.get('mode') == 'global' and b.get('global_dim'):
+    raise ValueError(
+        f'{key}warmup_steps={n} with mode=global and global_dim set: the '
+        'identity warm-up would skip the untrained global_dim mapper; use '
+        'global_dim=None or no warm-up.')
+  _positive(b.get('warmup_kmeans_batches', warmup.DEFAULT_KMEANS_BATCHES),
+            key + 'warmup_kmeans_batches')
+  iters = b.get('warmup_kmeans_iters', warmup.DEFAULT_KMEANS_ITERS)
+  if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+    raise ValueError(f'{key}warmup_kmeans_iters={iters!r} must be an integer '
+                     '>= 0.')
 
 
 LOSS_KINDS = ('reconstruction', 'vqgan')

@@ -19,6 +19,10 @@ Metrics (all on images mapped from [-1, 1] to [0, 1] where it matters):
                          cached in `workdir/fid_stats/`. FID is biased upwards
                          at small N: compare values only at equal N, and not
                          with the papers' 50k-image CelebA-HQ numbers.
+
+`Spectra(...)(state, source, step)` is the dimensional-collapse analysis of
+every eval (singular value spectra of z_e, z_q and the codebook on a fixed
+reference set; `spectra/<name>/{erank,pr,dim99}`, `eval/seconds_spectra`).
 """
 
 import os
@@ -32,12 +36,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from pcavae import analysis
 from pcavae import bits
 from pcavae import data
 from pcavae import metrics
 from pcavae import sharding
 from pcavae import viz
 from pcavae.metrics import codebook as codebook_metrics
+from pcavae.models import pca as pca_lib
 
 State = Dict[str, Any]
 
@@ -190,3 +196,155 @@ class Evaluator:
       recon, _, _ = self.recon_step(state, g)
       recons.append(gather(recon)[:len(chunk)])
     return viz.image_grid([images, np.concatenate(recons)])
+
+
+SPECTRA_DIR = 'spectra'
+
+
+class Spectra:
+  """Dimensional-collapse analysis on a fixed reference set, every eval.
+
+  The reference set is the first `config.eval.spectra_num_images` images of
+  the eval split (the same images at every eval; 0 turns this off). Only the
+  encoder and the bottleneck run on them (eval mode). Spectra (singular
+  values of centred vectors, `pcavae.analysis`):
+
+    z_e            encoder output, one D-vector per latent location
+    z_q            bottleneck output (what the decoder sees), per location
+    codebook       every code of an explicit codebook (`aux['codebook']`:
+                   vq, ema_vq, simvq, vqgan_fc; in the lookup space)
+    codebook_used  the codes the reference set hits
+    pca_coef       PCA: square roots of the running coefficient variances
+                   (`pca` collection `coef_var`, averaged over locations in
+                   `spatial` mode), largest first
+
+  Each gives `spectra/<name>/erank`, `/pr` and `/dim99` (99%-variance
+  dimension); the raw spectra go to `workdir/spectra/step_<n>.npz` (with the
+  PCA basis' orthonormality error), and `__call__` returns a plot of every
+  eval so far (`viz.spectrum_plot`) for the trainer to write to `images/`.
+  The cost, plot included, is `eval/seconds_spectra`.
+  """
+
+  def __init__(self, model, config: ml_collections.ConfigDict, mesh,
+               workdir: str, collections_of: Callable[[State], Dict]):
+    self.config = config
+    self.mesh = mesh
+    self.workdir = workdir
+    self.num_images = int(config.eval.get('spectra_num_images', 0) or 0)
+    self.threshold = float(config.eval.get('spectra_threshold', 0.99))
+
+    def latents(m, x):
+      z = m.encode(x)
+      z_q, aux = m.quantize(z.astype(jnp.float32), False)
+      out = {'z_e': z, 'z_q': z_q}
+      for k in ('codes', 'codebook'):
+        if k in aux:
+          out[k] = aux[k]
+      return out
+
+    def step_fn(state: State, images: jax.Array) -> Dict[str, jax.Array]:
+      variables = {'params': state['params'], **collections_of(state)}
+      return model.apply(variables, images, method=latents)
+
+    self.step_fn = jax.jit(step_fn)
+
+  @property
+  def enabled(self) -> bool:
+    return self.num_images > 0
+
+  def directory(self) -> str:
+    return os.path.join(self.workdir, SPECTRA_DIR)
+
+  def spectra(self, state: State, source) -> Tuple[Dict[str, np.ndarray],
+                                                   Dict[str, float]]:
+    """`({name: singular values}, extras)` of the reference set."""
+    cfg = self.config
+    z_e, z_q, codes, codebook = [], [], [], None
+    for images, mask in data.eval_batches(
+        source, global_batch_size=cfg.eval.batch_size,
+        num_examples=self.num_images, process_index=jax.process_index(),
+        process_count=jax.process_count()):
+      g_images, g_mask = sharding.global_batch((images, mask), self.mesh)
+      out = self.step_fn(state, g_images)
+      mask_h = gather(g_mask)
+      z_e.append(gather(out['z_e'])[mask_h])
+      z_q.append(gather(out['z_q'])[mask_h])
+      if 'codes' in out:
+        codes.append(gather(out['codes'])[mask_h])
+      if 'codebook' in out and codebook is None:
+        codebook = np.asarray(jax.device_get(out['codebook']))
+    z_e, z_q = np.concatenate(z_e), np.concatenate(z_q)
+    spectra = {
+        'z_e': analysis.singular_values(z_e.reshape(-1, z_e.shape[-1])),
+        'z_q': analysis.singular_values(z_q.reshape(-1, z_q.shape[-1])),
+    }
+    extras: Dict[str, float] = {'num_images': float(z_e.shape[0])}
+    if codebook is not None:
+      spectra['codebook'] = analysis.singular_values(codebook)
+      used = np.unique(np.concatenate(codes).reshape(-1))
+      extras['num_used_codes'] = float(used.size)
+      # Fewer than two used codes have no spread to measure.
+      spectra['codebook_used'] = (
+          analysis.singular_values(codebook[used]) if used.size > 1
+          else np.zeros((1,)))
+    pca_state = state.get('pca')
+    if pca_state is not None:
+      for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:
+        key = path[-1].key
+        if key == 'coef_var':
+          var = np.asarray(jax.device_get(leaf), np.float64)
+          var = var.reshape(-1, var.shape[-1]).mean(0)
+          spectra['pca_coef'] = np.sort(np.sqrt(np.maximum(var, 0)))[::-1]
+        elif key == 'basis':
+          extras['pca_orthonormality_error'] = float(
+              pca_lib.orthonormality_error(leaf))
+    return spectra, extras
+
+  def __call__(self, state: State, source, step: int
+               ) -> Tuple[Dict[str, float], Optional[np.ndarray]]:
+    """Returns `(metrics, plot)`: `spectra/*` scalars and
+    `eval/seconds_spectra`; the plot (uint8 image) on the primary process,
+    else None."""
+    t0 = time.perf_counter()
+    spectra, extras = self.spectra(state, source)
+    out: Dict[str, float] = {}
+    for name, s in spectra.items():
+      for k, v in analysis.spectrum_summary(s, self.threshold).items():
+        out[f'spectra/{name}/{k}'] = float(v)
+    if 'num_used_codes' in extras:
+      out['spectra/codebook_used/num_codes'] = extras['num_used_codes']
+    plot = None
+    if sharding.is_primary():
+      os.makedirs(self.directory(), exist_ok=True)
+      np.savez(os.path.join(self.directory(), f'step_{int(step):07d}.npz'),
+               step=np.int64(step), **spectra,
+               **{k: np.float64(v) for k, v in extras.items()})
+      plot = viz.spectrum_plot(self.history(step), self.threshold,
+                               title=f'{self.config.model.bottleneck.kind}: '
+                               'singular values of centred vectors')
+    out['eval/seconds_spectra'] = time.perf_counter() - t0
+    return out, plot
+
+  def history(self, up_to_step: int) -> list:
+    """`[(step, {name: spectrum})]` of the saved evals up to a step (files
+    of later steps are leftovers of an interrupted run and are skipped)."""
+    return load_spectra(self.workdir, up_to_step)
+
+
+def load_spectra(workdir: str, up_to_step: Optional[int] = None) -> list:
+  """The spectra saved in `workdir/spectra/`: `[(step, {name: array})]` in
+  step order (for notebooks and experiments)."""
+  directory = os.path.join(workdir, SPECTRA_DIR)
+  if not os.path.isdir(directory):
+    return []
+  out = []
+  for name in sorted(os.listdir(directory)):
+    if not (name.startswith('step_') and name.endswith('.npz')):
+      continue
+    with np.load(os.path.join(directory, name)) as f:
+      step = int(f['step'])
+      if up_to_step is not None and step > up_to_step:
+        continue
+      out.append((step, {k: f[k] for k in f.files
+                         if k in viz.SPECTRUM_TITLES}))
+  return out

@@ -38,6 +38,7 @@ from pcavae import evaluators
 from pcavae import losses
 from pcavae import sharding
 from pcavae import vqgan
+from pcavae import warmup
 from pcavae import writers
 from pcavae.models import autoencoder
 from pcavae.models import pca as pca_lib
@@ -53,7 +54,8 @@ def create_model(config: ml_collections.ConfigDict) -> autoencoder.Autoencoder:
       num_res_layers=config.model.num_res_layers,
       bottleneck_kind=config.model.bottleneck.kind,
       bottleneck_kwargs=configlib.bottleneck_kwargs(config),
-      dtype=jnp.dtype(config.compute_dtype))
+      dtype=jnp.dtype(config.compute_dtype),
+      warmup=warmup.enabled(config))
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -327,6 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Loads the metric networks now, so a missing weight file fails early.
   evaluator = evaluators.Evaluator(model, config, mesh, workdir,
                                    collections_of)
+  spectra = evaluators.Spectra(model, config, mesh, workdir, collections_of)
 
   replicated = sharding.replicated(mesh)
   abstract_state = jax.eval_shape(init_fn, rng)
@@ -358,11 +361,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       make_train_step(model, tx, schedule, config),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  # AE warm-up: a one-off host-side switch at step N (pcavae/warmup.py).
+  switch = (warmup.Switch(model, config, mesh, state_sharding, collections_of)
+            if warmup.enabled(config) else None)
+  switch_stats: Dict[str, float] = {}
 
   def run_eval(step: int) -> Dict[str, float]:
     t0 = time.perf_counter()
     results, grid = evaluator(state, splits.eval)
     results['eval/seconds'] = time.perf_counter() - t0
+    if spectra.enabled:  # timed on its own: eval/seconds_spectra
+      values, plot = spectra(state, splits.eval, step)
+      results.update(values)
+      if plot is not None:
+        writer.write_image(step, 'spectra', plot)
     for name, value in collections_stats(state).items():
       results[name] = value
     writer.write_scalars(step, results)
@@ -384,6 +396,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   wait_time = 0.0
   with _Preemption() as preempt:
     while step < total:
+      if switch is not None and step == switch.step:
+        state, switch_stats = switch(state, splits.train)
+        logging.info('AE warm-up: quantizer on at step %d (%s).', step,
+                     {k: round(v, 4) for k, v in switch_stats.items()})
+        t_log += switch_stats['warmup/switch_seconds']  # not a train step
       t_wait = time.perf_counter()
       batch = sharding.global_batch(next(train_iter), mesh)
       wait_time += time.perf_counter() - t_wait
@@ -396,6 +413,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         now = time.perf_counter()
         rate = (step - step_log) / max(now - t_log, 1e-9)
         scalars = dict(last_measurements)
+        # Logged with the first record after the switch, so a run resumed
+        # from a checkpoint at step N (which switches again) writes it once.
+        scalars.update(switch_stats)
+        switch_stats = {}
         scalars['steps_per_sec'] = rate
         scalars['images_per_sec'] = rate * config.batch_size
         scalars['input_wait_fraction'] = wait_time / max(now - t_log, 1e-9)
@@ -434,6 +455,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def collections_stats(state: State) -> Dict[str, float]:
   """Scalar health figures of the non-trainable collections (at eval)."""
   out = {}
+  if warmup.COLLECTION in state:
+    out['warmup/active'] = int(state[warmup.COLLECTION]['active'])
   pca_state = state.get('pca')
   if pca_state is not None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:

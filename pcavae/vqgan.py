@@ -98,9 +98,11 @@ def make_grad_fn(model, config: ml_collections.ConfigDict,
 
   `grad_fn(state, batch, lr, rng, cols) -> (loss, new_cols, aux, rec, grads,
   gan_state, measurements)`: the generator's total loss, the updated
-  non-trainable collections, the bottleneck's aux, the pixel loss, the
+  non-trainable collections, the bottleneck's aux, `L_rec` (pixel +
+  weighted perceptual; the trainer logs it as `reconstruction_loss`), the
   gradient w.r.t. `state['params']`, the updated `disc_params` /
-  `disc_opt_state`, and `gan/...` scalars.
+  `disc_opt_state`, and `gan/...` scalars (`gan/pixel_loss`,
+  `gan/perceptual_loss` unweighted, `gan/adaptive_weight`, ...).
   """
   lc = config.loss
   disc = make_discriminator(config)

@@ -26,6 +26,7 @@ def tiny_config(family='pcavae', arg='runlocal', **overrides):
   c.eval.batch_size = 8
   c.eval.num_examples = 16
   c.eval.grid_size = 4
+  c.eval.spectra_num_images = 16
   c.tensorboard = False
   for k, v in overrides.items():
     node = c

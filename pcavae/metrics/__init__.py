@@ -8,3 +8,5 @@ from pcavae.metrics.inception import (  # noqa: F401
     inception_apply, load_inception_params, make_inception_features)
 from pcavae.metrics.lpips import (  # noqa: F401
     load_lpips_params, lpips_apply, make_lpips)
+from pcavae.metrics.codebook import (  # noqa: F401
+    code_histogram, codebook_stats)

@@ -21,6 +21,30 @@ from pcavae.models import bottlenecks
 Array = jax.Array
 
 
+def warmup_gate(active: Array, z: Array, z_hat: Array, aux: Dict[str, Array]
+                ) -> Tuple[Array, Dict[str, Array]]:
+  """The AE warm-up switch: the bottleneck's output and loss if `active`,
+  else its input and 0 (see `Autoencoder`).
+
+  A select, not a cond: the bottleneck is cheap next to the convs, and the
+  gradient of the unselected branch is exactly zero.
+
+  Args:
+    active: int/bool scalar flag (may be traced).
+    z: the bottleneck's input.
+    z_hat: its output.
+    aux: its aux dict; `loss` is gated, `quantizer_active` added.
+
+  Returns:
+    `(z_hat or z, aux)`.
+  """
+  on = active > 0
+  z_hat = jnp.where(on, z_hat, z.astype(z_hat.dtype))
+  aux = dict(aux, loss=jnp.where(on, aux['loss'], jnp.zeros_like(aux['loss'])),
+             quantizer_active=on.astype(jnp.float32))
+  return z_hat, aux
+
+
 class ResidualLayer(nn.Module):
   """`x + conv1x1(relu(conv3x3(x)))`, no biases (the reference's)."""
   dtype: Any = jnp.float32
@@ -80,9 +104,20 @@ class Decoder(nn.Module):
 class Autoencoder(nn.Module):
   """Encoder -> bottleneck -> decoder.
 
+  AE warm-up (arXiv 2605.06870, "continuous first, discrete later"): with
+  `warmup=True` the model holds a flag in the `warmup` collection
+  (`active`, int32, 0 at init). While it is 0 the bottleneck's output is
+  replaced by its input and its loss by 0 (the bottleneck still runs, so
+  its statistics stay visible, but nothing reaches the decoder or the
+  gradient through it); the trainer sets it to 1 at step
+  `config.model.bottleneck.warmup_steps` (`pcavae.warmup`). The flag is
+  model state, not a step comparison, so eval, checkpoints and
+  `reconstruct` follow it, and flipping it recompiles nothing.
+
   Attributes:
     bottleneck_kind: a name from `bottlenecks.names()`.
     bottleneck_kwargs: constructor arguments of that bottleneck.
+    warmup: whether the model has the AE warm-up flag (see above).
   """
   channels: Sequence[int] = (128, 256)
   latent_dim: int = 256
@@ -90,6 +125,7 @@ class Autoencoder(nn.Module):
   bottleneck_kind: str = 'pca'
   bottleneck_kwargs: Optional[Dict[str, Any]] = None
   dtype: Any = jnp.float32
+  warmup: bool = False
 
   def setup(self):
     self.encoder = Encoder(self.channels, self.latent_dim, self.num_res_layers,
@@ -97,13 +133,19 @@ class Autoencoder(nn.Module):
     self.bottleneck = bottlenecks.get(self.bottleneck_kind)(
         **(self.bottleneck_kwargs or {}))
     self.decoder = Decoder(self.channels, self.num_res_layers, dtype=self.dtype)
+    if self.warmup:
+      self.quantizer_active = self.variable(
+          'warmup', 'active', lambda: jnp.zeros((), jnp.int32))
 
   def encode(self, x: Array) -> Array:
     return self.encoder(x)
 
   def quantize(self, z: Array, train: bool, lr: Optional[Array] = None
                ) -> Tuple[Array, Dict[str, Array]]:
-    return self.bottleneck(z, train, lr=lr)
+    z_hat, aux = self.bottleneck(z, train, lr=lr)
+    if self.warmup:
+      z_hat, aux = warmup_gate(self.quantizer_active.value, z, z_hat, aux)
+    return z_hat, aux
 
   def decode(self, z: Array) -> Array:
     return self.decoder(z)

@@ -3,8 +3,11 @@
 Every bottleneck is a Flax module called as `bottleneck(h, train, lr=...)` on
 an NHWC encoder output and returns `(h_hat, aux)`: `h_hat` has the shape of
 `h` and `aux` is a dict of named arrays (`loss`, the bottleneck's own loss
-term, always present; `coefficients` or `codes`; statistics). Training may
-mutate only non-`params` collections; `train=False` mutates nothing.
+term, always present; `coefficients` or `codes`; statistics). Bottlenecks
+with an explicit codebook (`vq`, `ema_vq`, `simvq`, `vqgan_fc`) also return
+it as `codebook`, `(K, d)`, in the space where the lookup happens (the
+spectra at eval read it there). Training may mutate only non-`params`
+collections; `train=False` mutates nothing.
 
 `lr` is the optimizer's current learning rate. The PCA bottleneck uses it as
 its Hebbian step size when `learning_rate` is None (the reference ties the two);
@@ -311,7 +314,7 @@ class VQBottleneck(nn.Module):
     e = jnp.take(codebook, codes, axis=0).reshape(z.shape)
     loss, cb, commit = losses.vq_loss(z, e, self.beta, self.legacy_beta)
     aux = {'loss': loss, 'codebook_loss': cb, 'commitment_loss': commit,
-           'codes': codes.reshape(lead),
+           'codes': codes.reshape(lead), 'codebook': codebook,
            **_batch_code_stats(codes, self.codebook_size)}
     return _straight_through(z, e).astype(in_dtype), aux
 
@@ -407,7 +410,8 @@ class EMAVQBottleneck(nn.Module):
     e = jnp.take(codebook, codes, axis=0).reshape(z.shape)
     commit = jnp.mean(jnp.square(z - e))
     aux = {'loss': self.beta * commit, 'commitment_loss': commit,
-           'codes': codes.reshape(lead), **_batch_code_stats(codes, k)}
+           'codes': codes.reshape(lead), 'codebook': codebook,
+           **_batch_code_stats(codes, k)}
 
     if train and not self.is_initializing():
       new_emb, new_sum, new_size = ema_codebook_update(
@@ -464,7 +468,8 @@ class SimVQBottleneck(nn.Module):
     e = jnp.take(codebook, codes, axis=0).reshape(z.shape)
     loss, cb, commit = losses.vq_loss(z, e, self.beta, self.legacy_beta)
     aux = {'loss': loss, 'codebook_loss': cb, 'commitment_loss': commit,
-           'codes': codes.reshape(lead), **_batch_code_stats(codes, k)}
+           'codes': codes.reshape(lead), 'codebook': codebook,
+           **_batch_code_stats(codes, k)}
     return _straight_through(z, e).astype(in_dtype), aux
 
 
@@ -512,7 +517,7 @@ class FactorizedVQBottleneck(nn.Module):
     z_q = nn.Dense(d, name='proj_out', dtype=jnp.float32)(
         _straight_through(z, e))
     aux = {'loss': loss, 'codebook_loss': cb, 'commitment_loss': commit,
-           'codes': codes.reshape(lead),
+           'codes': codes.reshape(lead), 'codebook': codebook,
            **_batch_code_stats(codes, self.codebook_size)}
     return z_q.astype(in_dtype), aux
 

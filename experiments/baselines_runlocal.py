@@ -1,0 +1,106 @@
+r"""Every bottleneck on `photo_patches` with the same encoder/decoder and steps.
+
+Trains each family's `runlocal` config (32 px, channels 32/64, an 8x8x64
+latent, batch 32, Adam 1e-3 cosine, MSE; see configs/common.py) one after
+the other into `<root>/<family>`, then prints a markdown table of the final
+eval over the held-out split (512 images): PSNR, SSIM, LPIPS (AlexNet),
+codebook usage and perplexity (discrete bottlenecks) and latent bits per
+image as `pcavae.bits.latent_bits` counts them. The table and the numbers
+are also written to `<root>/results.md` and `<root>/results.json`.
+
+  python experiments/baselines_runlocal.py                 # 1500 steps each
+  python experiments/baselines_runlocal.py --steps=600     # shorter, equal
+
+A finished family is not retrained (its workdir is resumed at its last
+step and only evaluated), so an interrupted sweep continues where it
+stopped. `--families=vqvae,fsq` runs a subset.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from pcavae import bits  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pcavae import configlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pcavae import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FAMILIES = ('pcavae', 'ae', 'kl', 'vqvae', 'ema_vq', 'simvq', 'vqgan_fc',
+            'fsq', 'lfq')
+NAMES = {'pcavae': 'PCA-VAE (spatial, Q=16)', 'ae': 'AE (identity)',
+         'kl': 'KL-VAE (4 ch)', 'vqvae': 'VQ-VAE (K=1024)',
+         'ema_vq': 'EMA-VQ (K=1024)', 'simvq': 'SimVQ (K=1024)',
+         'vqgan_fc': 'VQGAN-FC (K=1024, d=8)', 'fsq': 'FSQ (8,5,5,5)',
+         'lfq': 'LFQ (d=10)'}
+
+_ROOT = flags.DEFINE_string('root', os.path.join(ROOT, 'workdirs',
+                                                 'baselines'),
+                            'Parent of the per-family workdirs.')
+_STEPS = flags.DEFINE_integer('steps', 0, 'Train steps for every family; 0 '
+                              'keeps the runlocal default (1500).')
+_FAMILIES = flags.DEFINE_list('families', list(FAMILIES),
+                              'Config families (configs/<name>.py) to run.')
+
+
+def _fmt(value, spec):
+  return '-' if value is None else format(value, spec)
+
+
+def table(rows):
+  """Markdown table of the result rows."""
+  lines = ['| bottleneck | PSNR (dB) | SSIM | LPIPS | codebook usage | '
+           'perplexity | latent bits / image | train min |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|']
+  for r in rows:
+    lines.append(
+        f"| {r['name']} | {_fmt(r['psnr'], '.2f')} | {_fmt(r['ssim'], '.3f')}"
+        f" | {_fmt(r['lpips'], '.3f')} | {_fmt(r['usage'], '.1%')} | "
+        f"{_fmt(r['perplexity'], '.0f')} | {r['bits']:,} | "
+        f"{_fmt(r['minutes'], '.1f')} |")
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  rows = []
+  for family in _FAMILIES.value:
+    config = configlib.load(os.path.join(ROOT, 'configs', f'{family}.py')
+                            + ':runlocal')
+    if _STEPS.value:
+      config.num_train_steps = _STEPS.value
+      config.eval_every_steps = _STEPS.value
+      config.checkpoint_every_steps = _STEPS.value
+    config.tensorboard = False
+    workdir = os.path.join(_ROOT.value, family)
+    t0 = time.perf_counter()
+    final = train.train_and_evaluate(config, workdir)
+    minutes = (time.perf_counter() - t0) / 60
+    row = {'family': family, 'name': NAMES.get(family, family),
+           'steps': final['step'], 'psnr': final['eval/psnr'],
+           'ssim': final['eval/ssim'], 'lpips': final.get('eval/lpips_alex'),
+           'usage': final.get('eval/codebook_usage'),
+           'perplexity': final.get('eval/codebook_perplexity'),
+           'dead_codes': final.get('eval/dead_codes'),
+           'bits': bits.latent_bits(config), 'minutes': minutes,
+           'num_images': final['eval/num_images']}
+    logging.info('%s: %s', family, row)
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+  md = table(rows)
+  os.makedirs(_ROOT.value, exist_ok=True)
+  with open(os.path.join(_ROOT.value, 'results.md'), 'w') as f:
+    f.write(md + '\n')
+  with open(os.path.join(_ROOT.value, 'results.json'), 'w') as f:
+    json.dump(rows, f, indent=2)
+  print(md)
+
+
+if __name__ == '__main__':
+  app.run(main)

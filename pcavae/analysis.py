@@ -1,0 +1,292 @@
+"""Dimensional-collapse analysis: spectra, effective dimensions, k-means.
+
+Pure array math (DESIGN.md §2): no Flax, no I/O, no config.
+
+Spectra (numpy, float64, host side; they run once per eval on a few
+thousand vectors):
+
+  singular_values(z)            singular values of the centred `(n, d)` samples
+  effective_rank(s)             exp(entropy of s / sum s) (Roy & Vetterli 2007)
+  participation_ratio(s)        (sum s^2)^2 / sum s^4
+  explained_variance_dim(s, t)  smallest k whose top-k share of sum s^2 >= t;
+                                at t = 0.99 this is the "dimension" of the
+                                warm-up paper (arXiv 2605.06870)
+
+Rate-distortion of a Gaussian source (reverse water-filling):
+
+  reverse_waterfilling(variances, R) -> (theta, rates)
+  waterfilling_dim(variances, R)  number of components with a positive rate:
+                                  the paper's prediction of the dimension a
+                                  K = 2^R codebook can spend bits on
+
+k-means in JAX (jittable; used to initialise codebooks at the end of AE
+warm-up):
+
+  kmeans(key, x, k, num_iters) -> (centres, assignments)
+"""
+
+import functools
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+# ---------------------------------------------------------------------------
+# Spectra.
+# ---------------------------------------------------------------------------
+
+
+def singular_values(z) -> np.ndarray:
+  """Singular values of the column-centred samples, in decreasing order.
+
+  Args:
+    z: `(n, d)` samples (rows), numpy or jax.
+
+  Returns:
+    `(min(n, d),)` float64 singular values of `z - mean(z, 0)`.
+  """
+  z = np.asarray(z, np.float64)
+  if z.ndim != 2:
+    raise ValueError(f'singular_values expects (n, d) samples, got {z.shape}.')
+  zc = z - z.mean(axis=0, keepdims=True)
+  n, d = zc.shape
+  if n > 4 * d:
+    # Tall data (thousands of latent vectors of a few hundred dims): the
+    # eigenvalues of the d x d Gram matrix cost a fraction of an SVD, and in
+    # float64 they resolve singular values down to ~1e-8 of the largest,
+    # far below anything the dimension measures can see.
+    lam = np.linalg.eigvalsh(zc.T @ zc)[::-1]
+    return np.sqrt(np.maximum(lam, 0.0))
+  return np.linalg.svd(zc, compute_uv=False)
+
+
+def _as_spectrum(s) -> np.ndarray:
+  s = np.abs(np.asarray(s, np.float64).reshape(-1))
+  return s
+
+
+def effective_rank(s) -> float:
+  """`exp(H(p))`, `p = s / sum(s)` (Roy & Vetterli's effective rank).
+
+  Equals k for k equal non-zero values; 0 for an all-zero spectrum.
+  """
+  s = _as_spectrum(s)
+  total = s.sum()
+  if total <= 0:
+    return 0.0
+  p = s[s > 0] / total
+  return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def participation_ratio(s) -> float:
+  """`(sum s^2)^2 / sum s^4`: k for k equal values, 1 for a rank-1 spectrum."""
+  v = np.square(_as_spectrum(s))
+  denom = np.sum(np.square(v))
+  if denom <= 0:
+    return 0.0
+  return float(np.sum(v) ** 2 / denom)
+
+
+def explained_variance_dim(s, threshold: float = 0.99) -> int:
+  """Smallest k whose top-k components explain `threshold` of `sum s^2`.
+
+  Args:
+    s: singular values (any order; sorted inside).
+    threshold: share of the variance in (0, 1].
+
+  Returns:
+    k in `1..len(s)` (0 for an all-zero spectrum).
+  """
+  if not 0.0 < threshold <= 1.0:
+    raise ValueError(f'threshold={threshold!r} must be in (0, 1].')
+  v = np.sort(np.square(_as_spectrum(s)))[::-1]
+  total = v.sum()
+  if total <= 0:
+    return 0
+  share = np.cumsum(v) / total
+  # The tolerance keeps float rounding of an exact share (e.g. 0.99 of a
+  # spectrum built to have it) from adding a component.
+  return int(np.argmax(share >= threshold - 1e-12) + 1)
+
+
+def spectrum_summary(s, threshold: float = 0.99) -> dict:
+  """`{'erank', 'pr', 'dim99'}` of a spectrum (the names logged at eval)."""
+  return {'erank': effective_rank(s), 'pr': participation_ratio(s),
+          'dim99': explained_variance_dim(s, threshold)}
+
+
+# ---------------------------------------------------------------------------
+# Reverse water-filling.
+# ---------------------------------------------------------------------------
+
+
+def reverse_waterfilling(variances, rate_bits: float
+                         ) -> Tuple[float, np.ndarray]:
+  """Rate allocation of independent Gaussian components at a total rate.
+
+  Solves `sum_i max(0, 0.5 log2(lambda_i / theta)) = R` for the water level
+  `theta` (Cover & Thomas, Thm. 10.3.3); component i gets
+  `R_i = max(0, 0.5 log2(lambda_i / theta))` bits and distortion
+  `min(theta, lambda_i)`. With k components active the level is
+  `log2 theta = (sum_{i<=k} log2 lambda_i - 2R) / k`; the k that makes this
+  consistent (`lambda_k > theta >= lambda_{k+1}`) is unique, so it is found
+  exactly, without a numerical root search.
+
+  Args:
+    variances: `(d,)` component variances (eigenvalues), any order, >= 0.
+    rate_bits: total rate R in bits (>= 0); `log2 K` for a K-code codebook.
+
+  Returns:
+    `(theta, rates)`: the water level and `(d,)` float64 bits per component,
+    in the order of `variances`; `rates.sum() == R` (for R > 0 and some
+    positive variance). At R = 0, theta is the largest variance and every
+    rate is 0.
+  """
+  lam = np.asarray(variances, np.float64).reshape(-1)
+  if np.any(lam < 0) or not np.all(np.isfinite(lam)):
+    raise ValueError('variances must be finite and >= 0.')
+  if rate_bits < 0:
+    raise ValueError(f'rate_bits={rate_bits!r} must be >= 0.')
+  rates = np.zeros_like(lam)
+  positive = np.sort(lam[lam > 0])[::-1]
+  if positive.size == 0:
+    return 0.0, rates
+  if rate_bits == 0:
+    return float(positive[0]), rates
+  logs = np.log2(positive)
+  cum = np.cumsum(logs)
+  log_theta = None
+  for k in range(1, positive.size + 1):
+    t = (cum[k - 1] - 2.0 * rate_bits) / k
+    below_next = k == positive.size or t >= logs[k]
+    if t < logs[k - 1] and below_next:
+      log_theta = t
+      break
+  assert log_theta is not None  # f(theta) is continuous and decreasing
+  theta = float(2.0 ** log_theta)
+  active = lam > theta
+  rates[active] = 0.5 * (np.log2(lam[active]) - log_theta)
+  return theta, rates
+
+
+def waterfilling_dim(variances, rate_bits: float) -> int:
+  """Number of components that reverse water-filling gives a positive rate.
+
+  The warm-up paper's prediction of the dimension of a codebook of
+  `K = 2^rate_bits` codes on Gaussian latents with these variances.
+  """
+  _, rates = reverse_waterfilling(variances, rate_bits)
+  return int(np.sum(rates > 0))
+
+
+# ---------------------------------------------------------------------------
+# k-means (JAX).
+# ---------------------------------------------------------------------------
+
+
+def squared_distances(x: Array, centres: Array) -> Array:
+  """`(n, k)` squared Euclidean distances, float32, clamped at 0."""
+  x = jnp.asarray(x, jnp.float32)
+  centres = jnp.asarray(centres, jnp.float32)
+  # HIGHEST: TF32/bf16 matmuls on accelerators can flip near-ties.
+  cross = jnp.matmul(x, centres.T, precision=jax.lax.Precision.HIGHEST)
+  d2 = (jnp.sum(jnp.square(x), -1, keepdims=True) - 2.0 * cross
+        + jnp.sum(jnp.square(centres), -1)[None, :])
+  return jnp.maximum(d2, 0.0)
+
+
+def kmeans_plusplus(key: Array, x: Array, k: int,
+                    num_candidates: Optional[int] = None) -> Array:
+  """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; scikit-learn's).
+
+  The first centre is a uniformly drawn sample. Each next one: draw
+  `num_candidates` samples with probability proportional to their squared
+  distance to the nearest centre so far, and keep the candidate that lowers
+  the total squared distance most. Plain k-means++ (one candidate) misses a
+  cluster near another one often enough to matter (about one seeding in six
+  on an 8-cluster test mixture); the greedy draw makes that rare. If every
+  sample already coincides with a centre (fewer distinct points than k),
+  the draw is uniform.
+
+  Args:
+    key: PRNG key.
+    x: `(n, d)` samples.
+    k: number of centres (static).
+    num_candidates: candidates per draw; None: `2 + floor(ln k)` (as
+      scikit-learn).
+
+  Returns:
+    `(k, d)` float32 centres, each one of the samples.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  n, d = x.shape
+  m = num_candidates or 2 + int(np.log(k))
+  first = jax.random.randint(jax.random.fold_in(key, 0), (), 0, n)
+  c0 = x[first]
+  centres = jnp.zeros((k, d), jnp.float32).at[0].set(c0)
+  d2 = jnp.sum(jnp.square(x - c0), -1)
+
+  def body(i, carry):
+    centres, d2 = carry
+    logits = jnp.where(jnp.sum(d2) > 0, jnp.log(d2), jnp.zeros_like(d2))
+    idx = jax.random.categorical(jax.random.fold_in(key, i), logits,
+                                 shape=(m,))
+    cand_d2 = jnp.minimum(d2[None, :],
+                          squared_distances(x[idx], x))       # (m, n)
+    best = jnp.argmin(jnp.sum(cand_d2, axis=-1))
+    return centres.at[i].set(x[idx[best]]), cand_d2[best]
+
+  centres, _ = jax.lax.fori_loop(1, k, body, (centres, d2))
+  return centres
+
+
+def assign(x: Array, centres: Array) -> Array:
+  """Index of the nearest centre for each row of `x`, `(n,)` int32."""
+  return jnp.argmin(squared_distances(x, centres), axis=-1).astype(jnp.int32)
+
+
+def lloyd_step(x: Array, centres: Array) -> Array:
+  """One Lloyd iteration: assign, then move each centre to its points' mean.
+
+  A centre that gets no points stays where it is.
+  """
+  k = centres.shape[0]
+  a = assign(x, centres)
+  x = jnp.asarray(x, jnp.float32)
+  sums = jax.ops.segment_sum(x, a, num_segments=k)
+  counts = jax.ops.segment_sum(jnp.ones(a.shape, jnp.float32), a,
+                               num_segments=k)
+  means = sums / jnp.maximum(counts, 1.0)[:, None]
+  return jnp.where((counts > 0)[:, None], means, centres.astype(jnp.float32))
+
+
+@functools.partial(jax.jit,
+                   static_argnames=('k', 'num_iters', 'num_candidates'))
+def kmeans(key: Array, x: Array, k: int, num_iters: int,
+           num_candidates: Optional[int] = None) -> Tuple[Array, Array]:
+  """Greedy k-means++ seeding, then `num_iters` Lloyd iterations (jitted).
+
+  A fixed iteration count (no tolerance) keeps the result a deterministic
+  function of `(key, x)` with one compiled shape, which is what a resumable
+  codebook initialisation needs.
+
+  Args:
+    key: PRNG key of the seeding.
+    x: `(n, d)` samples.
+    k: number of centres (static).
+    num_iters: Lloyd iterations (static, >= 0).
+    num_candidates: see `kmeans_plusplus`.
+
+  Returns:
+    `(centres (k, d) float32, assignments (n,) int32)`: the assignments are
+    to the returned centres. Once the iteration has converged (assignments
+    stable) every centre with points is exactly the mean of its points.
+  """
+  centres = kmeans_plusplus(key, x, k, num_candidates)
+  centres = jax.lax.fori_loop(0, num_iters, lambda _, c: lloyd_step(x, c),
+                              centres)
+  return centres, assign(x, centres)

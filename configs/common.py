@@ -114,7 +114,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.spectra_num_images = 256
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1                       # -1: every device
+  c.mesh.data = -1                       # -1: every device (/ fsdp)
+  c.mesh.fsdp = 1                        # >1: shard params + opt state
   return c
 
 

@@ -1,9 +1,17 @@
 """Meshes, shardings and multi-host start-up.
 
-One mesh axis, `data`, spans every device of every process by default; the
-global batch is split along it and the train state is replicated. Under
-`jax.jit` with these shardings, batch means inside the model (the PCA layer's)
-are global means: XLA inserts the all-reduce, no explicit collective needed.
+The mesh has two axes, `data` and `fsdp`. By default `data` spans every device
+of every process and `fsdp` has size 1: the global batch is split along `data`
+and the train state is replicated. With `config.mesh.fsdp = k > 1`, parameters
+and optimizer state are also split k ways along their largest divisible
+dimension (FSDP / ZeRO-3 style; XLA all-gathers them for the forward and
+reduce-scatters the gradients) and the batch is split over both axes. The
+PCA state and codebooks stay replicated: they are small next to the network
+and every device needs all of them each step.
+
+Under `jax.jit` with these shardings, batch means inside the model (the PCA
+layer's) are global means: XLA inserts the all-reduce, no explicit collective
+needed.
 """
 
 import os
@@ -16,6 +24,10 @@ import ml_collections
 import numpy as np
 
 DATA_AXIS = 'data'
+FSDP_AXIS = 'fsdp'
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+# Train-state keys whose leaves are sharded along `fsdp` (others replicate).
+FSDP_STATE_KEYS = ('params', 'opt_state')
 
 
 def initialize_distributed(coordinator_address: str | None = None,
@@ -49,24 +61,58 @@ def initialize_distributed(coordinator_address: str | None = None,
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
-  """A 1-D `data` mesh over `config.mesh.data` devices (-1: all)."""
+  """A `(data, fsdp)` mesh; `config.mesh.data = -1` takes every device left."""
   devices = jax.devices()
-  n = config.mesh.get('data', -1)
-  n = len(devices) if n in (-1, None) else n
-  if n > len(devices) or len(devices) % n:
-    raise ValueError(f'config.mesh.data={n} does not divide the '
+  fsdp = config.mesh.get('fsdp', 1) or 1
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f'config.mesh.fsdp={fsdp} does not divide the '
                      f'{len(devices)} devices.')
-  if config.batch_size % n:
+  n = config.mesh.get('data', -1)
+  n = len(devices) // fsdp if n in (-1, None) else n
+  if n < 1 or n * fsdp > len(devices) or len(devices) % (n * fsdp):
+    raise ValueError(f'config.mesh.data={n} x config.mesh.fsdp={fsdp} does '
+                     f'not divide the {len(devices)} devices.')
+  if config.batch_size % (n * fsdp):
     raise ValueError(f'config.batch_size={config.batch_size} is not divisible '
-                     f'by the {n} devices of the data axis.')
+                     f'by the {n * fsdp} devices of the mesh.')
   if config.batch_size % jax.process_count():
     raise ValueError(f'config.batch_size={config.batch_size} is not divisible '
                      f'by the {jax.process_count()} processes.')
-  return Mesh(np.asarray(devices[:n]), (DATA_AXIS,))
+  return Mesh(np.asarray(devices[:n * fsdp]).reshape(n, fsdp), BATCH_AXES)
+
+
+def num_batch_shards(mesh: Mesh) -> int:
+  return mesh.shape[DATA_AXIS] * mesh.shape[FSDP_AXIS]
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def fsdp_spec(shape, fsdp_size: int) -> P:
+  """Shards the largest dimension divisible by the fsdp size; else none."""
+  if fsdp_size == 1:
+    return P()
+  dims = sorted(range(len(shape)), key=lambda i: -shape[i])
+  for i in dims:
+    if shape[i] % fsdp_size == 0 and shape[i] >= fsdp_size:
+      spec = [None] * len(shape)
+      spec[i] = FSDP_AXIS
+      return P(*spec)
+  return P()
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
+  """Shardings for a train-state dict: params and optimizer state sharded
+  along `fsdp` (when it is > 1), everything else replicated."""
+  k = mesh.shape[FSDP_AXIS]
+
+  def one(path, leaf):
+    top = getattr(path[0], 'key', None)
+    if top in FSDP_STATE_KEYS and getattr(leaf, 'ndim', 0) > 0:
+      return NamedSharding(mesh, fsdp_spec(leaf.shape, k))
+    return NamedSharding(mesh, P())
+  return jax.tree_util.tree_map_with_path(one, abstract_state)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -310,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f'config_mismatch={config_mismatch!r}: error | allow.')
   check_resumable(config, workdir, config_mismatch)
   mesh = sharding.make_mesh(config)
-  n_data = mesh.shape[sharding.DATA_AXIS]
+  n_data = sharding.num_batch_shards(mesh)
   if config.eval.batch_size % n_data:
     raise ValueError(f'config.eval.batch_size={config.eval.batch_size} is not '
                      f'divisible by the {n_data} devices.')
@@ -333,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   replicated = sharding.replicated(mesh)
   abstract_state = jax.eval_shape(init_fn, rng)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  state_sharding = sharding.state_shardings(abstract_state, mesh)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     keep=config.keep_checkpoints)
   abstract_with_sharding = jax.tree.map(

@@ -75,6 +75,15 @@ def test_eight_devices_match_one_and_checkpoints_cross_device_counts(
   _assert_close(c, d)
 
 
+def test_parameter_sharded_mesh_matches_one_device(tmp_path):
+  """data=4 x fsdp=2: params and Adam state split in two along their largest
+  divisible dimension, the batch over all 8 devices."""
+  sharded, one = tmp_path / 'fsdp', tmp_path / 'one'
+  _finish(_run(sharded, '4x2', 4, 8), _run(one, 1, 4, 1))
+  (a, _), (b, _) = _state(sharded), _state(one)
+  _assert_close(a, b)
+
+
 def test_two_processes_on_loopback_match_one_process(tmp_path):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

@@ -115,3 +115,19 @@ def test_cli_runs_and_prints_outputs(tmp_path):
   assert f'Outputs in {workdir}' in out.stdout
   assert 'steps/s' in out.stderr and 'ETA' in out.stderr
   assert json.loads(out.stdout.splitlines()[0])['step'] == 2
+
+
+def test_bfloat16_compute_keeps_float32_state(tmp_path):
+  workdir = str(tmp_path / 'bf16')
+  final = train.train_and_evaluate(
+      tiny_config(num_train_steps=3, compute_dtype='bfloat16'), workdir)
+  assert np.isfinite(final['eval/psnr'])
+  _, model, variables, _ = train.restore_model(workdir)
+  assert model.dtype == np.dtype('bfloat16')
+  import jax  # pylint: disable=g-import-not-at-top
+  dtypes = {str(x.dtype) for x in jax.tree.leaves(variables)
+            if x.dtype.kind == 'f'}
+  assert dtypes == {'float32'}  # parameters and PCA state stay float32
+  x = np.zeros((2, 16, 16, 3), np.float32)
+  (_, aux) = model.apply(variables, x, train=False)
+  assert aux['z_e'].dtype == np.dtype('bfloat16')  # activations in bf16

@@ -30,16 +30,30 @@ BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 FSDP_STATE_KEYS = ('params', 'opt_state')
 
 
+def _cluster_detected() -> str | None:
+  """Names the multi-process environment JAX can auto-detect, if any."""
+  if int(os.environ.get('SLURM_NTASKS', '1')) > 1:
+    return 'SLURM'
+  if ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''):
+    return 'TPU pod'
+  if int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
+    return 'Open MPI'
+  if os.environ.get('PCAVAE_AUTO_DISTRIBUTED') == '1':
+    return 'PCAVAE_AUTO_DISTRIBUTED=1'
+  return None
+
+
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None) -> None:
   """Starts JAX's distributed runtime when more than one process is asked for.
 
-  Must run before anything touches a device. Arguments default to the
-  environment variables `PCAVAE_COORDINATOR`, `PCAVAE_NUM_PROCESSES` and
-  `PCAVAE_PROCESS_ID`; when none is set and JAX can detect a cluster (TPU pod,
-  SLURM, ...), `jax.distributed.initialize()` auto-detects; otherwise this is
-  a single-process run and nothing happens.
+  Must run before anything touches a device. Explicit arguments win; they
+  default to the environment variables `PCAVAE_COORDINATOR`,
+  `PCAVAE_NUM_PROCESSES` and `PCAVAE_PROCESS_ID`. Without them, a SLURM job
+  with more than one task, a multi-host TPU slice or an Open MPI launch is
+  detected and `jax.distributed.initialize()` works out the rest itself.
+  Otherwise this is a single-process run and nothing happens.
   """
   coordinator_address = coordinator_address or os.environ.get(
       'PCAVAE_COORDINATOR')
@@ -51,7 +65,8 @@ def initialize_distributed(coordinator_address: str | None = None,
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes,
                                process_id=process_id)
-  elif os.environ.get('PCAVAE_AUTO_DISTRIBUTED') == '1':
+  elif (cluster := _cluster_detected()) is not None:
+    logging.info('Multi-process environment detected (%s).', cluster)
     jax.distributed.initialize()
   else:
     return

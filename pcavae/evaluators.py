@@ -272,7 +272,8 @@ class Spectra:
       if 'codes' in out:
         codes.append(gather(out['codes'])[mask_h])
       if 'codebook' in out and codebook is None:
-        codebook = np.asarray(jax.device_get(out['codebook']))
+        # gather: under FSDP / multi-host it need not be fully addressable.
+        codebook = gather(out['codebook'])
     z_e, z_q = np.concatenate(z_e), np.concatenate(z_q)
     spectra = {
         'z_e': analysis.singular_values(z_e.reshape(-1, z_e.shape[-1])),
@@ -292,7 +293,7 @@ class Spectra:
       for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:
         key = path[-1].key
         if key == 'coef_var':
-          var = np.asarray(jax.device_get(leaf), np.float64)
+          var = np.asarray(gather(leaf), np.float64)
           var = var.reshape(-1, var.shape[-1]).mean(0)
           spectra['pca_coef'] = np.sort(np.sqrt(np.maximum(var, 0)))[::-1]
         elif key == 'basis':

@@ -45,6 +45,83 @@ def warmup_gate(active: Array, z: Array, z_hat: Array, aux: Dict[str, Array]
   return z_hat, aux
 
 
+def _space_to_depth(x: Array) -> Array:
+  """`(B, 2h, 2w, C)` -> `(B, h, w, 4C)`, channels ordered `(dy, dx, c)`."""
+  b, hh, ww, c = x.shape
+  x = x.reshape(b, hh // 2, 2, ww // 2, 2, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, hh // 2, ww // 2, 4 * c)
+
+
+def _depth_to_space(x: Array) -> Array:
+  """`(B, h, w, 4C)` with channels `(dy, dx, c)` -> `(B, 2h, 2w, C)`."""
+  b, hh, ww, c4 = x.shape
+  c = c4 // 4
+  x = x.reshape(b, hh, ww, 2, 2, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * hh, 2 * ww, c)
+
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv_s2_s2d(x: Array, kernel: Array, *, precision=None) -> Array:
+  """4x4 stride-2 conv with padding 1 as a 2x2 stride-1 conv after a
+  space-to-depth: `pad(x, 1)` of `(2h + 2)` rows becomes `h + 1` rows of 2x2
+  pixel blocks, and tap `(2a + dy, 2b + dx)` of the 4x4 kernel is tap `(a, b)`
+  of the 2x2 kernel on block channel `(dy, dx)`. The same sums, no strides,
+  so the backward pass needs no dilated (mostly zero) convolutions."""
+  kh, kw, cin, cout = kernel.shape
+  assert (kh, kw) == (4, 4), kernel.shape
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  k2 = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  k2 = k2.reshape(2, 2, 4 * cin, cout)
+  return jax.lax.conv_general_dilated(
+      _space_to_depth(x), k2, (1, 1), 'VALID', dimension_numbers=_DN,
+      precision=precision)
+
+
+def _conv_t_subpixel(x: Array, kernel: Array, *, precision=None) -> Array:
+  """`lax.conv_transpose(x, kernel, (2, 2), padding 2)` for a 4x4 kernel (the
+  PyTorch `ConvTranspose2d(k=4, s=2, p=1)`), as one 2x2 stride-1 conv with 4x
+  the output channels followed by a depth-to-space ("sub-pixel" form).
+
+  Output row `o` of the transposed conv only sees input rows `i` with
+  `o + k - 2 = 2 i`, so on `xp = pad(x, 1)`: with `o + 1 = 2 n + p`,
+  `y[o] = xp[n] w[1 - p] + xp[n + 1] w[3 - p]`, a 2x2 window at `n` whose
+  taps depend on the phase `p`. The dilated formulation multiplies 3 zeros
+  for every input value and its weight gradient is very slow on XLA:CPU.
+  """
+  kh, kw, cin, cout = kernel.shape
+  assert (kh, kw) == (4, 4), kernel.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # kernel[2a + q] with q = 1 - p: (a, q, b, r, i, o) -> (a, b, i, p, p', o).
+  k2 = kernel.reshape(2, 2, 2, 2, cin, cout)[:, ::-1, :, ::-1]
+  k2 = k2.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, 4 * cout)
+  z = jax.lax.conv_general_dilated(xp, k2, (1, 1), 'VALID',
+                                   dimension_numbers=_DN, precision=precision)
+  return _depth_to_space(z)[:, 1:-1, 1:-1, :]
+
+
+class SubpixelConvTranspose(nn.Module):
+  """`nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding=2)` (PyTorch
+  `ConvTranspose2d(k=4, s=2, p=1)`) with the same parameters (`kernel`
+  `(4, 4, in, features)`, `bias`), initialisers and outputs, computed by
+  `_conv_t_subpixel`: one stride-1 conv and a depth-to-space instead of a
+  conv over a zero-dilated input (tests/test_perf_equivalence.py)."""
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', nn.linear.default_kernel_init,
+                        (4, 4, x.shape[-1], self.features), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,),
+                      self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                              dtype=self.dtype)
+    return _conv_t_subpixel(x, kernel) + bias
+
+
 class ResidualLayer(nn.Module):
   """`x + conv1x1(relu(conv3x3(x)))`, no biases (the reference's)."""
   dtype: Any = jnp.float32
@@ -93,11 +170,12 @@ class Decoder(nn.Module):
     for _ in range(self.num_res_layers):
       x = ResidualLayer(dtype=self.dtype)(x)
     x = nn.leaky_relu(x)
-    for c in chans[1:]:
-      x = nn.leaky_relu(nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding=2,
-                                         dtype=self.dtype)(x))
-    x = nn.ConvTranspose(self.out_channels, (4, 4), strides=(2, 2), padding=2,
-                         dtype=self.dtype, name='conv_out')(x)
+    # Named as `nn.ConvTranspose` would be auto-named: same parameter tree.
+    for i, c in enumerate(chans[1:]):
+      x = nn.leaky_relu(SubpixelConvTranspose(
+          c, dtype=self.dtype, name=f'ConvTranspose_{i}')(x))
+    x = SubpixelConvTranspose(self.out_channels, dtype=self.dtype,
+                              name='conv_out')(x)
     return jnp.tanh(x.astype(jnp.float32))
 
 

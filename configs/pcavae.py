@@ -18,6 +18,13 @@ cores (32 px, channels 32/64, D = 64, Q = 16, 1500 steps); `res=`, `q=`,
 N steps, then switches the PCA on with its basis from an exact PCA of the
 latents (AE warm-up, pcavae/warmup.py; not with `global_dim`).
 
+Coefficient quantization at eval (pcavae/bits.py; training is unaffected):
+`bits=b` (`coefficient_bits`, 0..16; 32, the default, keeps 32-bit floats)
+quantizes every coefficient to b bits, `budget=B` (`coefficient_bit_budget`)
+allocates B bits per image over all coefficients by reverse water-filling.
+Eval metrics, grids and `pcavae.reconstruct` then come from the quantized
+latent, and `pcavae.bits.latent_bits` counts tokens * Q * b, or B.
+
 The default job (`make run`) is
 
   python -m pcavae.main --config=configs/pcavae.py:runlocal --workdir=workdirs/pcavae_runlocal
@@ -34,6 +41,8 @@ which trains `spatial` PCA (8x8x64 latent, Q = 16) on the embedded
 import os
 import sys
 
+from ml_collections import config_dict
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -49,7 +58,7 @@ SETTINGS = {
 def get_config(arg=None):
   """Returns the PCA-VAE config for `arg` (see the module docstring)."""
   a = common.parse_arg(arg, setting='spatial16', runlocal=False, res=0, q=0,
-                       dataset='', warmup=0)
+                       dataset='', warmup=0, bits=32, budget=0)
   if a.setting not in SETTINGS:
     raise ValueError(f'setting={a.setting!r}; choose one of {list(SETTINGS)}.')
   s = SETTINGS[a.setting]
@@ -65,6 +74,10 @@ def get_config(arg=None):
       max_update_norm=0.1 if s['mode'] == 'spatial' else None,
       orthonormalize_every=None,   # None: every Q updates
       global_dim=s.get('global_dim'),
+      coefficient_bits=32,         # eval quantization (32: none), bits.py
+      # Bits per image, water-filled; a typed None, so that
+      # --config.model.bottleneck.coefficient_bit_budget=B can set it.
+      coefficient_bit_budget=config_dict.placeholder(int),
   )
   if a.runlocal:
     common.runlocal(c)
@@ -77,4 +90,7 @@ def get_config(arg=None):
     c.model.bottleneck.num_components = a.q
   if a.dataset:
     c.dataset.name = a.dataset
+  c.model.bottleneck.coefficient_bits = a.bits
+  if a.budget:
+    c.model.bottleneck.coefficient_bit_budget = a.budget
   return common.warmup(c, a.warmup)

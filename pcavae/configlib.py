@@ -222,6 +222,35 @@ def _validate_pca(config: ml_collections.ConfigDict) -> None:
   if q > dim:
     raise ValueError(f'config.model.bottleneck.num_components={q} (Q) exceeds '
                      f'{what} = {dim}; Q <= D is required.')
+  _validate_coefficient_quantization(config, h * w * q if mode != 'global'
+                                     else q)
+
+
+def _validate_coefficient_quantization(config: ml_collections.ConfigDict,
+                                       num_coefficients: int) -> None:
+  """`coefficient_bits` / `coefficient_bit_budget` (pcavae/bits.py)."""
+  from pcavae import bits  # pylint: disable=g-import-not-at-top
+  b = config.model.bottleneck
+  key = 'config.model.bottleneck.'
+  nbits = b.get('coefficient_bits', bits.FLOAT_BITS)
+  if (isinstance(nbits, bool) or not isinstance(nbits, int) or not (
+      0 <= nbits <= bits.MAX_COEFFICIENT_BITS or nbits == bits.FLOAT_BITS)):
+    raise ValueError(f'{key}coefficient_bits={nbits!r} must be an integer in '
+                     f'0..{bits.MAX_COEFFICIENT_BITS}, or 32 (unquantized).')
+  budget = b.get('coefficient_bit_budget')
+  if budget is None:
+    return
+  if nbits != bits.FLOAT_BITS:
+    raise ValueError(f'{key}coefficient_bit_budget={budget!r} and '
+                     f'{key}coefficient_bits={nbits} are exclusive; leave '
+                     'coefficient_bits at 32 when setting a budget.')
+  most = num_coefficients * bits.MAX_COEFFICIENT_BITS
+  if (isinstance(budget, bool) or not isinstance(budget, int)
+      or not 0 < budget <= most):
+    raise ValueError(
+        f'{key}coefficient_bit_budget={budget!r} (bits per image) must be an '
+        f'integer in 1..{most} ({num_coefficients} coefficients per image, at '
+        f'most {bits.MAX_COEFFICIENT_BITS} bits each).')
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -248,7 +277,10 @@ def load(spec: str) -> ml_collections.ConfigDict:
 # what is being trained (prefixes match nested keys).
 RESUMABLE_KEYS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                   'checkpoint_every_steps', 'keep_checkpoints', 'tensorboard',
-                  'skip_nonfinite_steps', 'eval.', 'mesh.')
+                  'skip_nonfinite_steps', 'eval.', 'mesh.',
+                  # Eval-only: training never quantizes the coefficients.
+                  'model.bottleneck.coefficient_bits',
+                  'model.bottleneck.coefficient_bit_budget')
 
 
 def flatten(tree: Any, prefix: str = '') -> Dict[str, Any]:

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pcavae import bits
 from pcavae import losses
 from pcavae.metrics import codebook as codebook_metrics
 from pcavae.models import pca
@@ -94,6 +95,20 @@ class PCABottleneck(nn.Module):
       counted in `pca/forced_orthonormalizations`. None disables the check.
     orthonormality_check_every: how often that check runs (it costs one Gram
       matrix, as much as a Sanger step, so not every step).
+    coefficient_bits: at eval (`train=False`), quantize every coefficient to
+      this many bits (0..16) with a uniform quantizer whose step follows its
+      running variance, and reconstruct from the quantized values
+      (`pcavae.bits`); 32 (default) keeps unquantized float coefficients.
+    coefficient_bit_budget: at eval, quantize with bits allocated over all
+      coefficients of an image by reverse water-filling
+      (`bits.allocate_bits`) for this many bits per image; None: off.
+      Exclusive with `coefficient_bits` != 32.
+
+  At eval with quantization on, `aux` also holds `symbols` (int32, the shape
+  of `coefficients`) and `symbol_bits` (bits of each coefficient of one
+  image: `(H, W, Q)`, `(Q,)` in `global` mode). `__call__` also takes an
+  eval-only `coefficient_shift`, added to the (quantized) coefficients
+  before reconstruction, broadcastable to `coefficients` (traversals).
   """
   num_components: int
   mode: str = 'spatial'
@@ -105,6 +120,8 @@ class PCABottleneck(nn.Module):
   variance_alpha: float = 0.99
   orthonormality_tolerance: Optional[float] = 1e-2
   orthonormality_check_every: int = 16
+  coefficient_bits: int = bits.FLOAT_BITS
+  coefficient_bit_budget: Optional[int] = None
 
   def _samples(self, h: Array) -> Array:
     """NHWC latent -> `(problems..., n, dim)` samples for the PCA."""
@@ -121,8 +138,63 @@ class PCABottleneck(nn.Module):
       return jnp.transpose(x, (1, 0, 2)).reshape(b, hh, ww, x.shape[-1])
     return x.reshape(b, hh, ww, x.shape[-1])
 
+  def _per_image(self, y: Array, b: int) -> Array:
+    """Sample-layout coefficients -> `(B, L, Q)` (`(B, Q)` if `global`)."""
+    if self.mode == 'spatial':
+      return jnp.swapaxes(y, 0, 1)
+    if self.mode == 'shared':
+      return y.reshape(b, -1, y.shape[-1])
+    return y
+
+  def _per_sample(self, y: Array) -> Array:
+    """Inverse of `_per_image`."""
+    if self.mode == 'spatial':
+      return jnp.swapaxes(y, 0, 1)
+    if self.mode == 'shared':
+      return y.reshape(-1, y.shape[-1])
+    return y
+
+  @property
+  def quantizes(self) -> bool:
+    """Whether eval reconstructs from quantized coefficients."""
+    if self.coefficient_bit_budget is not None:
+      if self.coefficient_bits != bits.FLOAT_BITS:
+        raise ValueError(
+            'config.model.bottleneck.coefficient_bit_budget and '
+            f'coefficient_bits={self.coefficient_bits} are exclusive: set '
+            'coefficient_bits to 32 (no fixed depth) or the budget to None.')
+      return True
+    if self.coefficient_bits == bits.FLOAT_BITS:
+      return False
+    if not 0 <= self.coefficient_bits <= bits.MAX_COEFFICIENT_BITS:
+      raise ValueError(
+          f'config.model.bottleneck.coefficient_bits={self.coefficient_bits}'
+          f' must be in 0..{bits.MAX_COEFFICIENT_BITS}, or 32 (unquantized).')
+    return True
+
+  def _quantize(self, y: Array, variances: Array, locations: int
+                ) -> Tuple[Array, Array, Array]:
+    """Quantizes per-image coefficients `y` (`(B, L, Q)` or `(B, Q)`).
+
+    Returns:
+      `(y_hat, symbols, symbol_bits)`; `symbol_bits` has one image's shape.
+    """
+    sigma = jnp.sqrt(jnp.maximum(variances, 0.0))
+    if self.mode == 'shared':
+      # One variance per component, but the budget is per image: allocate
+      # over every location's copy (they may differ by a bit).
+      sigma = jnp.broadcast_to(sigma, (locations,) + sigma.shape)
+    if self.coefficient_bit_budget is not None:
+      nbits = bits.allocate_bits(jnp.square(sigma),
+                                 self.coefficient_bit_budget)
+    else:
+      nbits = jnp.full(sigma.shape, self.coefficient_bits, jnp.int32)
+    symbols, y_hat = bits.quantize(y, sigma, nbits)
+    return y_hat, symbols, nbits
+
   @nn.compact
-  def __call__(self, h: Array, train: bool, lr: Optional[Array] = None
+  def __call__(self, h: Array, train: bool, lr: Optional[Array] = None,
+               coefficient_shift: Optional[Array] = None
                ) -> Tuple[Array, Aux]:
     if self.mode not in PCA_MODES:
       raise ValueError(f'config.model.bottleneck.mode={self.mode!r}; '
@@ -215,6 +287,22 @@ class PCABottleneck(nn.Module):
     c = jax.lax.stop_gradient(basis.value)
     mu = jax.lax.stop_gradient(mean.value)
     coeffs, x_hat = pca.project(x, c, mu)
+    eval_extra: Aux = {}
+    if not train and (self.quantizes or coefficient_shift is not None):
+      # Reconstruct from what would be sent: the decoder then sees exactly
+      # the latent whose size bits.latent_bits reports.
+      y = self._per_image(coeffs, b)
+      if self.quantizes:
+        y, symbols, nbits = self._quantize(
+            y, jax.lax.stop_gradient(var.value), hh * ww)
+        image_shape = (hh, ww, q) if self.mode != 'global' else (q,)
+        eval_extra = {'symbols': symbols.reshape((b,) + image_shape),
+                      'symbol_bits': nbits.reshape(image_shape)}
+      if coefficient_shift is not None:
+        full = (b, hh, ww, q) if self.mode != 'global' else (b, q)
+        y = y + jnp.broadcast_to(jnp.asarray(coefficient_shift, jnp.float32),
+                                 full).reshape(y.shape)
+      x_hat = pca.reconstruct(self._per_sample(y), c, mu)
 
     if self.mode == 'global':
       if self.global_dim is not None:
@@ -228,7 +316,7 @@ class PCABottleneck(nn.Module):
       coefficients = self._unsamples(coeffs, h.shape[:-1] + (q,))  # (B,H,W,Q)
 
     aux = {'loss': jnp.zeros((), jnp.float32), 'coefficients': coefficients,
-           **stats}
+           **stats, **eval_extra}
     return h_hat.astype(in_dtype), aux
 
 

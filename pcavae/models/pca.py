@@ -135,7 +135,21 @@ def project(h: Array, basis: Array, mean: Array) -> Tuple[Array, Array]:
     `(coefficients (..., n, Q), reconstruction (..., n, D))`.
   """
   y = (h - mean[..., None, :]) @ basis
-  return y, y @ jnp.swapaxes(basis, -1, -2) + mean[..., None, :]
+  return y, reconstruct(y, basis, mean)
+
+
+def reconstruct(y: Array, basis: Array, mean: Array) -> Array:
+  """`y C^T + mu`: samples from (possibly quantized or shifted) coefficients.
+
+  Args:
+    y: coefficients `(..., n, Q)`.
+    basis: `(..., D, Q)`.
+    mean: `(..., D)`.
+
+  Returns:
+    `(..., n, D)`.
+  """
+  return y @ jnp.swapaxes(basis, -1, -2) + mean[..., None, :]
 
 
 def random_orthonormal(key: Array, shape: Tuple[int, ...]) -> Array:

@@ -19,6 +19,12 @@ Metrics (all on images mapped from [-1, 1] to [0, 1] where it matters):
                          cached in `workdir/fid_stats/`. FID is biased upwards
                          at small N: compare values only at equal N, and not
                          with the papers' 50k-image CelebA-HQ numbers.
+  eval/bits_per_image    the latent's nominal size, `bits.latent_bits`.
+  eval/entropy_bits_per_image
+                         discrete codes (VQ family, FSQ, LFQ) and quantized
+                         PCA coefficients: bits per image after ideal entropy
+                         coding, estimated on the eval split
+                         (`bits.SymbolCounts`; see pcavae/bits.py).
 
 `Spectra(...)(state, source, step)` is the dimensional-collapse analysis of
 every eval (singular value spectra of z_e, z_q and the codebook on a fixed
@@ -76,6 +82,7 @@ class Evaluator:
     # K of a discrete bottleneck (VQ family, FSQ, LFQ): its code histogram
     # over the whole split gives eval/codebook_usage, _perplexity, dead_codes.
     self.num_codes = bits.num_codes(config)
+    self.bits_per_image = bits.latent_bits(config)
 
     def recon_step(state: State, images: jax.Array):
       variables = {'params': state['params'], **collections_of(state)}
@@ -111,6 +118,8 @@ class Evaluator:
     real_feats, fake_feats, seen = [], [], 0
     code_hist = (np.zeros((self.num_codes,), np.int64)
                  if self.num_codes is not None else None)
+    # Quantized PCA coefficients (aux `symbols`): histograms per stream.
+    symbol_counts, symbol_streams = bits.SymbolCounts(), None
     need_real = self.rfid_images and self._load_real_stats(source) is None
     for images, mask in data.eval_batches(
         source, global_batch_size=cfg.eval.batch_size,
@@ -132,6 +141,13 @@ class Evaluator:
         codes = gather(aux['codes'])[mask_h]
         code_hist += np.bincount(codes.reshape(-1),
                                  minlength=self.num_codes)[:self.num_codes]
+      if 'symbols' in aux:
+        if symbol_streams is None:
+          symbol_streams = bits.pca_symbol_streams(
+              gather(aux['symbol_bits'])).reshape(-1)
+        symbols = gather(aux['symbols'])[mask_h]
+        symbol_counts.update(symbols.reshape(len(symbols), -1),
+                             symbol_streams)
       for k, v in values.items():
         per_image.setdefault(k, []).append(gather(v)[mask_h])
       if self.rfid_images and seen < self.rfid_images:
@@ -147,8 +163,15 @@ class Evaluator:
     out = {f'eval/{k}': float(np.mean(np.concatenate(v)))
            for k, v in per_image.items()}
     out['eval/num_images'] = int(sum(x.size for x in per_image['psnr']))
+    out['eval/bits_per_image'] = float(self.bits_per_image)
     if code_hist is not None:
       out.update(codebook_metrics.codebook_stats(code_hist, prefix='eval/'))
+      # One stream: every location draws from the same codebook.
+      out['eval/entropy_bits_per_image'] = float(
+          code_hist.sum() / max(out['eval/num_images'], 1)
+          * bits.entropy_bits(code_hist))
+    elif symbol_counts.num_images:
+      out['eval/entropy_bits_per_image'] = symbol_counts.bits_per_image()
     if self.rfid_images:
       t0 = time.perf_counter()
       if need_real:

@@ -4,21 +4,12 @@ Bottleneck `identity`: the decoder sees the encoder output unchanged. Every
 other family's number is read against this one: it is the best the
 encoder/decoder can do with a D-channel latent of 32-bit floats.
 
-Flags (all families): `runlocal` shrinks everything to finish in minutes on 2
-CPU cores (32 px, channels 32/64, D = 64, an 8x8 latent, 1500 steps);
-`gan` switches on the VQGAN objective (L1 + LPIPS + PatchGAN, see
-pcavae/vqgan.py); `res=`, `dataset=` override those keys.
-
-The comparison job (`experiments/baselines_runlocal.py` runs every family
-this way) is
+Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
+`parse_family_arg` in configs/common.py. The comparison run
+(`experiments/baselines_runlocal.py` runs every family so; numbers in
+README.md) is
 
   python -m pcavae.main --config=configs/ae.py:runlocal --workdir=workdirs/baselines/ae
-
-which trains on the embedded `photo_patches` data and writes, in the
-workdir, `metrics.jsonl` with eval PSNR/SSIM (and codebook usage,
-perplexity and dead codes over the eval split for discrete bottlenecks),
-reconstruction grids in `images/` and checkpoints; README.md has the
-numbers.
 
 Latent bits per image: tokens * D * 32 (runlocal: 64 * 64 * 32 = 131072). At
 full size (64 px, a 16x16x256 latent, 100k steps) on a GPU:
@@ -33,22 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _finish(c, a):
-  """Applies the shared flags (runlocal first: the others override it)."""
-  if a.runlocal:
-    common.runlocal(c)
-  if a.res:
-    c.resolution = a.res
-  if a.dataset:
-    c.dataset.name = a.dataset
-  if a.gan:
-    common.vqgan_objective(c)
-  return c
-
-
 def get_config(arg=None):
   """Returns the ae config for `arg` (see the module docstring)."""
-  a = common.parse_arg(arg, runlocal=False, gan=False, res=0, dataset='')
+  a = common.parse_family_arg(arg)
   c = common.get_base_config()
   c.model.bottleneck = dict(kind='identity')
-  return _finish(c, a)
+  return common.apply_family_flags(c, a)

@@ -149,6 +149,43 @@ def vqgan_objective(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def parse_family_arg(arg, **extra) -> ml_collections.ConfigDict:
+  """`parse_arg` with the flags every baseline family shares.
+
+  `runlocal` shrinks everything to finish in minutes on 2 CPU cores (32 px,
+  channels 32/64, D = 64, an 8x8 latent, 1500 steps); `gan` switches on the
+  VQGAN objective (L1 + LPIPS + PatchGAN, pcavae/vqgan.py); `res=` and
+  `dataset=` override those keys; `warmup=N` trains as a plain autoencoder for
+  N steps first (AE warm-up, pcavae/warmup.py; also
+  `--config.model.bottleneck.warmup_steps=N`). A run writes `metrics.jsonl`
+  (eval PSNR/SSIM/LPIPS, codebook usage, perplexity and dead codes over the
+  eval split for discrete bottlenecks), reconstruction grids in `images/` and
+  checkpoints.
+  """
+  return parse_arg(arg, runlocal=False, gan=False, res=0, dataset='',
+                   warmup=0, **extra)
+
+
+def apply_family_flags(c: ml_collections.ConfigDict,
+                       a: ml_collections.ConfigDict
+                       ) -> ml_collections.ConfigDict:
+  """Applies the shared flags (runlocal first: the others override it)."""
+  if c.model.bottleneck.kind not in ('kl', 'identity'):
+    warmup(c, a.warmup)
+  elif a.warmup:
+    raise ValueError(f'warmup={a.warmup}: the {c.model.bottleneck.kind!r} '
+                     'bottleneck does not quantize; AE warm-up does not apply.')
+  if a.runlocal:
+    runlocal(c)
+  if a.res:
+    c.resolution = a.res
+  if a.dataset:
+    c.dataset.name = a.dataset
+  if a.gan:
+    vqgan_objective(c)
+  return c
+
+
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to finish in minutes on a 2-core CPU."""
   c.resolution = 32

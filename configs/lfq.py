@@ -5,23 +5,12 @@ channel quantized to its sign (straight-through); loss 0.1 * (per-sample
 entropy - batch entropy) + 0.25 * commitment. `d=` sets d (at most 16: the
 entropy materialises all 2^d codes).
 
-Flags (all families): `runlocal` shrinks everything to finish in minutes on 2
-CPU cores (32 px, channels 32/64, D = 64, an 8x8 latent, 1500 steps);
-`gan` switches on the VQGAN objective (L1 + LPIPS + PatchGAN, see
-pcavae/vqgan.py); `res=`, `dataset=` override those keys; `warmup=N`
-trains as a plain autoencoder for N steps first (AE warm-up,
-pcavae/warmup.py; also `--config.model.bottleneck.warmup_steps=N`).
-
-The comparison job (`experiments/baselines_runlocal.py` runs every family
-this way) is
+Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
+`parse_family_arg` in configs/common.py. The comparison run
+(`experiments/baselines_runlocal.py` runs every family so; numbers in
+README.md) is
 
   python -m pcavae.main --config=configs/lfq.py:runlocal --workdir=workdirs/baselines/lfq
-
-which trains on the embedded `photo_patches` data and writes, in the
-workdir, `metrics.jsonl` with eval PSNR/SSIM (and codebook usage,
-perplexity and dead codes over the eval split for discrete bottlenecks),
-reconstruction grids in `images/` and checkpoints; README.md has the
-numbers.
 
 Latent bits per image: tokens * d (runlocal: 64 * 10 = 640). At full size (64
 px, a 16x16x256 latent, 100k steps) on a GPU:
@@ -36,26 +25,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _finish(c, a):
-  """Applies the shared flags (runlocal first: the others override it)."""
-  if a.runlocal:
-    common.runlocal(c)
-  if a.res:
-    c.resolution = a.res
-  if a.dataset:
-    c.dataset.name = a.dataset
-  if a.gan:
-    common.vqgan_objective(c)
-  return c
-
-
 def get_config(arg=None):
   """Returns the lfq config for `arg` (see the module docstring)."""
-  a = common.parse_arg(arg, runlocal=False, gan=False, res=0, dataset='',
-                       warmup=0, d=0)
+  a = common.parse_family_arg(arg, d=0)
   c = common.get_base_config()
   c.model.bottleneck = dict(kind='lfq', code_dim=10, entropy_weight=0.1,
                             commitment_weight=0.25, inv_temperature=100.0)
   if a.d:
     c.model.bottleneck.code_dim = a.d
-  return _finish(common.warmup(c, a.warmup), a)
+  return common.apply_family_flags(c, a)

@@ -246,7 +246,9 @@ def quantize(y: Array, sigma: Array, num_bits: Array) -> Tuple[Array, Array]:
   num_bits = jnp.broadcast_to(jnp.asarray(num_bits, jnp.int32), y.shape)
   step = quantizer_steps(sigma, num_bits)
   half = jnp.left_shift(1, num_bits).astype(jnp.float32) / 2
-  symbols = jnp.clip(jnp.floor(y / step + half), 0, 2 * half - 1)
+  # floor before adding the offset: at 16 bits, y / step + 2^15 in float32
+  # would round away the position inside the cell.
+  symbols = jnp.clip(jnp.floor(y / step) + half, 0, 2 * half - 1)
   return symbols.astype(jnp.int32), dequantize(symbols, sigma, num_bits)
 
 

@@ -56,3 +56,200 @@ def test_pca_coefficient_bits_and_defaults():
   assert bits.num_codes(v) == 1024
   assert bits.num_codes(_config('lfq', 'runlocal,d=9')) == 512
   assert bits.num_codes(_config('kl', 'runlocal')) is None
+
+
+# ---------------------------------------------------------------------------
+# Coefficient quantization, bit allocation, entropy.
+# ---------------------------------------------------------------------------
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from pcavae import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.mark.parametrize('arg,expected', [
+    ('runlocal,bits=4', 64 * 16 * 4),
+    ('runlocal,bits=0', 0),
+    ('runlocal,budget=640', 640),                    # spent exactly
+    ('setting=global,runlocal,bits=8', 16 * 8),
+    ('setting=spatial16,q=51,bits=6', 256 * 51 * 6),
+])
+def test_latent_bits_of_quantized_pca(arg, expected):
+  c = _config('pcavae', arg)
+  configlib.validate(c)
+  assert bits.latent_bits(c) == expected
+
+
+@pytest.mark.parametrize('arg,overrides,match', [
+    ('runlocal', {'coefficient_bits': 20}, 'coefficient_bits=20'),
+    ('runlocal,budget=100', {'coefficient_bits': 4}, 'exclusive'),
+    ('runlocal', {'coefficient_bit_budget': 64 * 16 * 16 + 1},
+     'coefficient_bit_budget=16385'),
+])
+def test_bad_quantization_keys_are_rejected(arg, overrides, match):
+  c = _config('pcavae', arg)
+  for k, v in overrides.items():
+    c.model.bottleneck[k] = v
+  with pytest.raises(ValueError, match=match):
+    configlib.validate(c)
+
+
+def test_gaussian_steps_match_max_1960():
+  # Optimum uniform quantizer steps for a unit Gaussian (Max 1960, Table II).
+  for b, step in [(1, 1.596), (2, 0.9957), (3, 0.5860), (4, 0.3352)]:
+    assert bits.gaussian_uniform_step(b) == pytest.approx(step, abs=1e-3)
+  # And it is a minimum of the MSE.
+  for b in (2, 6):
+    s = bits.gaussian_uniform_step(b)
+    mse = bits._gaussian_uniform_mse(s, 2 ** b)  # pylint: disable=protected-access
+    for f in (0.97, 1.03):
+      assert bits._gaussian_uniform_mse(s * f, 2 ** b) > mse  # pylint: disable=protected-access
+
+
+def test_quantize_dequantize_error_within_half_a_step():
+  rng = np.random.default_rng(0)
+  shape = (500, 6)
+  sigma = rng.uniform(0.1, 3.0, shape[1:]).astype(np.float32)
+  nbits = np.array([0, 1, 2, 4, 8, 16], np.int32)
+  step = np.asarray(bits.quantizer_steps(sigma, nbits))
+  half_range = step * 2.0 ** nbits / 2
+  # Inside the quantizer's range (b = 0 has none: it sends nothing).
+  y = rng.uniform(-1, 1, shape).astype(np.float32) * half_range
+  symbols, y_hat = bits.quantize(y, sigma, nbits)
+  symbols, y_hat = np.asarray(symbols), np.asarray(y_hat)
+  err = np.abs(y - y_hat)
+  inside = nbits > 0
+  # Plus float32 rounding of y itself (y / step reaches 2^15 at 16 bits).
+  tol = step / 2 * (1 + 1e-5) + 4 * np.finfo(np.float32).eps * np.abs(y)
+  assert np.all((err <= tol)[:, inside])
+  assert np.all(y_hat[:, ~inside] == 0)
+  assert symbols.min() >= 0 and np.all(symbols < 2 ** nbits)
+  np.testing.assert_array_equal(
+      np.asarray(bits.dequantize(symbols, sigma, nbits)), y_hat)
+  # Beyond the range: the outer level.
+  far_s, far = bits.quantize(np.full(shape[1:], 1e6, np.float32), sigma, nbits)
+  np.testing.assert_array_equal(np.asarray(far_s), 2 ** nbits - 1)
+  np.testing.assert_allclose(np.asarray(far)[inside],
+                             (half_range - step / 2)[inside], rtol=1e-6)
+
+
+def test_quantization_mse_matches_the_gaussian_optimum():
+  y = np.random.default_rng(1).normal(size=(200_000,)).astype(np.float32) * 2
+  for b in (2, 4):
+    _, y_hat = bits.quantize(y, 2.0, b)
+    mse = float(np.mean(np.square(y - np.asarray(y_hat)))) / 4
+    assert mse == pytest.approx(bits._gaussian_uniform_mse(  # pylint: disable=protected-access
+        bits.gaussian_uniform_step(b), 2 ** b), rel=0.03)
+
+
+@pytest.mark.parametrize('seed,n,budget', [(0, 16, 40), (1, 64, 640),
+                                           (2, 50, 7), (3, 8, 128)])
+def test_water_filling_allocation(seed, n, budget):
+  rng = np.random.default_rng(seed)
+  variances = np.exp(rng.normal(0, 2, n))
+  alloc = np.asarray(bits.allocate_bits(variances, budget))
+  assert alloc.dtype == np.int32 and alloc.shape == (n,)
+  assert alloc.sum() == budget                       # spends exactly B
+  assert alloc.min() >= 0 and alloc.max() <= bits.MAX_COEFFICIENT_BITS
+  order = np.argsort(-variances)                     # more variance, >= bits
+  assert np.all(np.diff(alloc[order]) <= 0)
+  if budget < n * bits.MAX_COEFFICIENT_BITS:
+    _, rates = analysis.reverse_waterfilling(variances, budget)
+    assert np.all(np.abs(alloc - rates) <= 1 + 1e-9)  # integer water-filling
+  # Jitted with a static budget, and on a (L, Q) grid.
+  grid = np.asarray(jax.jit(bits.allocate_bits, static_argnums=1)(
+      variances.reshape(-1, 2), budget))
+  np.testing.assert_array_equal(grid.reshape(-1), alloc)
+
+
+def test_allocation_edge_cases():
+  np.testing.assert_array_equal(np.asarray(bits.allocate_bits(
+      np.ones(4), 0)), 0)
+  np.testing.assert_array_equal(np.asarray(bits.allocate_bits(
+      [4.0, 1.0], 2)), [2, 0])                       # 4 * 4^-1 >= 1
+  assert int(bits.allocate_bits(np.zeros(3), 5).sum()) == 5
+  with pytest.raises(ValueError, match='budget'):
+    bits.allocate_bits(np.ones(2), 2 * bits.MAX_COEFFICIENT_BITS + 1)
+
+
+def test_entropy_of_known_streams():
+  assert bits.entropy_bits([5, 5, 5, 5]) == pytest.approx(2.0)
+  assert bits.entropy_bits([7, 0, 0]) == 0.0
+  assert bits.entropy_bits([1, 1, 2]) == pytest.approx(1.5)
+  # Two streams over 3 slots: slots 0, 1 share stream 0 (symbols uniform
+  # over 4 values), slot 2 is stream 1 (always 9: 0 bits).
+  counts = bits.SymbolCounts()
+  sym = np.array([[0, 1, 9], [2, 3, 9]])
+  counts.update(sym, [0, 0, 1])
+  counts.update(sym, np.array([0, 0, 1]))           # accumulates
+  assert counts.num_images == 4
+  assert counts.stream_entropies() == {0: (2.0, 2.0), 1: (1.0, 0.0)}
+  assert counts.bits_per_image() == pytest.approx(4.0)
+  # PCA streams: one per (component, bit depth).
+  streams = bits.pca_symbol_streams(np.array([[4, 4, 2], [4, 3, 2]]))
+  assert len(np.unique(streams)) == 4 and streams[0, 0] == streams[1, 0]
+
+
+@pytest.mark.parametrize('arg', ['runlocal', 'setting=shared,runlocal',
+                                 'setting=global,runlocal'])
+def test_eval_decodes_the_quantized_coefficients(arg):
+  """What the decoder sees is `dequantize(symbols) C^T + mu`, the latent
+  that `latent_bits` counts; bits=32 changes nothing."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from pcavae import train  # pylint: disable=g-import-not-at-top
+  from pcavae.models import pca  # pylint: disable=g-import-not-at-top
+  c = tiny_config('pcavae', arg)
+  model = train.create_model(c)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 3), minval=-1,
+                         maxval=1)
+  v = model.init({'params': jax.random.PRNGKey(1)}, x, train=False)
+  _, new = model.apply(v, x, train=True, lr=1e-2, mutable=['pca'])
+  v = {**v, **new}
+  p = v['pca']['bottleneck']
+  _, aux32 = model.apply(v, x, train=False)
+  assert 'symbols' not in aux32
+
+  c.model.bottleneck.coefficient_bit_budget = 40
+  configlib.validate(c)
+  qmodel = train.create_model(c)
+  latent = qmodel.apply(v, x, method=lambda m, x: m.quantize(m.encode(x),
+                                                             False))
+  z_q, aux = latent
+  nbits = np.asarray(aux['symbol_bits'])
+  assert nbits.sum() == bits.latent_bits(c) == 40
+  sigma = np.sqrt(np.asarray(p['coef_var']))
+  if sigma.ndim > 1:                                   # spatial: (L, Q)
+    sigma = sigma.reshape(nbits.shape)
+  y_hat = np.asarray(bits.dequantize(aux['symbols'], sigma, nbits))
+  if c.model.bottleneck.mode == 'global':
+    # The global mapper sits between the PCA and z_q: check the symbols.
+    np.testing.assert_allclose(
+        y_hat, np.asarray(bits.quantize(aux32['coefficients'], sigma,
+                                        nbits)[1]), atol=1e-6)
+    return
+  b, hh, ww, q = y_hat.shape
+  flat = y_hat.reshape(b, hh * ww, q)
+  basis, mean = np.asarray(p['basis']), np.asarray(p['mean'])
+  if basis.ndim == 3:                                  # spatial: per location
+    expect = np.einsum('blq,ldq->bld', flat, basis) + mean
+  else:
+    expect = np.asarray(pca.reconstruct(flat, basis, mean))
+  np.testing.assert_allclose(np.asarray(z_q).reshape(b, hh * ww, -1), expect,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize('family,arg,overrides', [
+    ('pcavae', 'runlocal,bits=3', {}),
+    ('vqvae', 'runlocal', {'model.bottleneck.codebook_size': 16}),
+])
+def test_eval_reports_nominal_and_entropy_bits(tmp_path, family, arg,
+                                               overrides):
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from pcavae import train  # pylint: disable=g-import-not-at-top
+  c = tiny_config(family, arg, num_train_steps=3, **overrides)
+  final = train.train_and_evaluate(c, str(tmp_path))
+  nominal = bits.latent_bits(c)
+  assert final['eval/bits_per_image'] == nominal
+  assert 0 < final['eval/entropy_bits_per_image'] <= nominal + 1e-6

@@ -21,6 +21,8 @@ class Checkpointer:
   """Save on schedule, keep the last N, restore the newest good one."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    # orbax needs an absolute path; a relative one would fail every restore.
+    directory = os.path.abspath(directory)
     self.directory = directory
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True,
@@ -49,26 +51,37 @@ class Checkpointer:
         shapes, dtypes and placement to restore into.
     """
     self.skipped_steps = []
+    errors = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         state = self._manager.restore(
             step, args=ocp.args.StandardRestore(abstract_state))
       except Exception as e:  # pylint: disable=broad-except
-        moved = self._move_aside(step)
         logging.warning('Checkpoint at step %d in %s could not be restored '
-                        '(%s: %s); trying an older one. It was moved to %s '
-                        '(not deleted) so that this step can be saved again.',
-                        step, self.directory, type(e).__name__,
-                        str(e)[:300], moved)
+                        '(%s: %s); trying an older one.', step,
+                        self.directory, type(e).__name__, str(e)[:300])
         self.skipped_steps.append(step)
+        errors.append(f'step {step}: {type(e).__name__}: {str(e)[:200]}')
         continue
+      # Only now that an older one reads back are the newer ones known to be
+      # damaged (rather than unreadable by this code): move them aside.
+      for bad in self.skipped_steps:
+        moved = self._move_aside(bad)
+        logging.warning('Moved the damaged checkpoint of step %d to %s (not '
+                        'deleted) so that the step can be saved again.', bad,
+                        moved)
       if self.skipped_steps:
         logging.warning('Resumed from step %d after skipping damaged '
                         'checkpoints %s.', step, self.skipped_steps)
       return state, step
     if self.skipped_steps:
-      logging.warning('No readable checkpoint in %s (skipped %s); starting '
-                      'from scratch.', self.directory, self.skipped_steps)
+      # Every checkpoint failed: more likely a code/config change than damage
+      # to all of them. Refuse rather than start over (which would later
+      # rotate them away).
+      raise RuntimeError(
+          f'No checkpoint in {self.directory} could be restored:\n  ' +
+          '\n  '.join(errors) + '\nNothing was moved or deleted. Use another '
+          '--workdir, or move the checkpoints away to start from scratch.')
     return None, 0
 
   def _move_aside(self, step: int) -> Optional[str]:

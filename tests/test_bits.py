@@ -1,13 +1,20 @@
-"""Latent bit accounting on known configs."""
+"""Latent bit accounting, coefficient quantization, bit allocation and
+entropy (pcavae/bits.py)."""
 
 import math
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from conftest import ROOT
+from conftest import tiny_config
+from pcavae import analysis
 from pcavae import bits
 from pcavae import configlib
+from pcavae import train
+from pcavae.models import pca
 
 
 def _config(family, arg='runlocal'):
@@ -61,12 +68,6 @@ def test_pca_coefficient_bits_and_defaults():
 # ---------------------------------------------------------------------------
 # Coefficient quantization, bit allocation, entropy.
 # ---------------------------------------------------------------------------
-
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from pcavae import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.mark.parametrize('arg,expected', [
@@ -197,14 +198,15 @@ def test_entropy_of_known_streams():
 def test_eval_decodes_the_quantized_coefficients(arg):
   """What the decoder sees is `dequantize(symbols) C^T + mu`, the latent
   that `latent_bits` counts; bits=32 changes nothing."""
-  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  from pcavae import train  # pylint: disable=g-import-not-at-top
-  from pcavae.models import pca  # pylint: disable=g-import-not-at-top
   c = tiny_config('pcavae', arg)
   model = train.create_model(c)
   x = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 3), minval=-1,
                          maxval=1)
-  v = model.init({'params': jax.random.PRNGKey(1)}, x, train=False)
+  # The trainer's init program: an eager model.init takes 30 s on 2 cores.
+  tx, _ = train.make_optimizer(c)
+  state = train.initialize(train.make_init_fn(model, tx, c),
+                           jax.random.PRNGKey(1), None)
+  v = {'params': state['params'], **train.collections_of(state)}
   _, new = model.apply(v, x, train=True, lr=1e-2, mutable=['pca'])
   v = {**v, **new}
   p = v['pca']['bottleneck']
@@ -246,8 +248,6 @@ def test_eval_decodes_the_quantized_coefficients(arg):
 ])
 def test_eval_reports_nominal_and_entropy_bits(tmp_path, family, arg,
                                                overrides):
-  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  from pcavae import train  # pylint: disable=g-import-not-at-top
   c = tiny_config(family, arg, num_train_steps=3, **overrides)
   final = train.train_and_evaluate(c, str(tmp_path))
   nominal = bits.latent_bits(c)

@@ -1,0 +1,96 @@
+"""Executes every colab/ notebook top to bottom (nbclient, kernel python3).
+
+The budget sweep and the traversal run once, at a size far below `--quick`
+(15 steps, two PCA cells, one baseline, 32 eval images), into a temporary
+directory that the notebooks read through `PCAVAE_BUDGET_SWEEP_DIR` /
+`PCAVAE_TRAVERSAL_DIR`. One test runs all four notebooks so that pytest-xdist
+does not repeat the sweep on every worker.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import nbclient
+import nbformat
+import pytest
+
+from conftest import ROOT
+
+NOTEBOOKS = ('budget_curve', 'radar', 'traversal', 'spectra')
+TINY_SWEEP = ('--quick', '--steps=15', '--grids=8x8,global', '--fractions=100',
+              '--baselines=vq_8x8_k16', '--eval_images=32', '--bits=32,4',
+              '--budgets=128')
+TINY_TRAVERSAL = ('--quick', '--pca_cell=pca_global_q100',
+                  '--vq_cell=vq_8x8_k16', '--components=0,1,2',
+                  '--num_images=2')
+
+
+def _run(args, cwd):
+  proc = subprocess.run([sys.executable] + list(args), cwd=cwd,
+                        capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, (args, proc.stdout[-3000:],
+                                proc.stderr[-3000:])
+
+
+@pytest.fixture(scope='module')
+def experiment_dirs(tmp_path_factory):
+  sweep = str(tmp_path_factory.mktemp('budget_sweep'))
+  _run([os.path.join(ROOT, 'experiments', 'budget_sweep.py'),
+        f'--out={sweep}', *TINY_SWEEP], ROOT)
+  traversal = os.path.join(sweep, 'traversal')
+  _run([os.path.join(ROOT, 'experiments', 'traversal.py'),
+        f'--sweep_dir={sweep}', f'--out={traversal}', *TINY_TRAVERSAL], ROOT)
+  return sweep, traversal
+
+
+def test_experiment_outputs(experiment_dirs):
+  sweep, traversal = experiment_dirs
+  for name in ('results.json', 'results.csv', 'results.md',
+               'budget_curve.png', 'radar.png'):
+    assert os.path.getsize(os.path.join(sweep, name)) > 0, name
+  for name in ('traversal.json', 'traversal_pca.png', 'traversal_vq.png'):
+    assert os.path.getsize(os.path.join(traversal, name)) > 0, name
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(sweep, 'results.json')) as f:
+    rows = json.load(f)['rows']
+  settings = {(r['cell'], r['setting']) for r in rows}
+  assert ('pca_8x8_q100', 'wf128') in settings
+  assert ('pca_global_q100', 'b4') in settings
+  assert ('vq_8x8_k16', 'native') in settings
+  for r in rows:  # honest bits: what latent_bits says, what eval measured
+    if r['setting'] == 'wf128':
+      assert r['bits_per_image'] == 128
+    if r['kind'] in ('pca_fixed', 'pca_waterfill', 'baseline'):
+      assert 0 < r['entropy_bits_per_image'] <= r['bits_per_image'] + 1e-6
+
+
+def test_notebooks_run_top_to_bottom(experiment_dirs, monkeypatch):
+  sweep, traversal = experiment_dirs
+  # The kernels inherit the environment: point them at the tiny outputs.
+  monkeypatch.setenv('PCAVAE_QUICK', '1')
+  monkeypatch.setenv('PCAVAE_BUDGET_SWEEP_DIR', sweep)
+  monkeypatch.setenv('PCAVAE_TRAVERSAL_DIR', traversal)
+  monkeypatch.setenv('PCAVAE_SPECTRA_CELLS', 'pca_8x8_q100,vq_8x8_k16')
+  failures, times = [], {}
+  for name in NOTEBOOKS:
+    path = os.path.join(ROOT, 'colab', f'{name}.ipynb')
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name='python3',
+        resources={'metadata': {'path': os.path.join(ROOT, 'colab')}})
+    t0 = time.perf_counter()
+    try:
+      client.execute()
+    except nbclient.exceptions.CellExecutionError as e:
+      failures.append(f'{name}.ipynb: {str(e)[-2000:]}')
+      continue
+    times[name] = time.perf_counter() - t0
+    images = sum(1 for c in nb.cells if c.cell_type == 'code'
+                 for o in c.get('outputs', [])
+                 if 'image/png' in o.get('data', {}))
+    if not images:
+      failures.append(f'{name}.ipynb drew no figure.')
+  assert not failures, '\n\n'.join(failures)
+  print('notebook seconds:', {k: round(v, 1) for k, v in times.items()})

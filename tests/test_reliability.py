@@ -146,6 +146,23 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path, damage):
   steps = [r['step'] for r in writers.read_metrics(workdir) if 'loss' in r]
   assert steps == [2, 4, 6, 8, 9]  # history after step 3 replaced, not doubled
 
+  # A relative workdir restores too (orbax needs absolute paths).
+  cwd = os.getcwd()
+  try:
+    os.chdir(tmp_path)
+    assert train.restore_model('run')[3] == 9
+  finally:
+    os.chdir(cwd)
+  assert _finished_steps(workdir) == [3, 6, 9]
+
+  # When no checkpoint restores at all, refuse, and move nothing.
+  for step in (3, 6, 9):
+    _damage_delete(os.path.join(workdir, 'checkpoints', str(step)))
+  config.num_train_steps = 12
+  with pytest.raises(RuntimeError, match='could be restored'):
+    train.train_and_evaluate(config, workdir)
+  assert _finished_steps(workdir) == [3, 6, 9]
+
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / 'nan')

@@ -13,11 +13,24 @@ batch 16 and times, each as the median of `--steps` calls after compilation:
                        the bottleneck's own update) with the PCA bottleneck
                        (Q = 256), `vq` with K = 8192 (when registered), and the
                        identity, at the same latent shape: the bottleneck's
-                       share of the step is (t_kind - t_identity) / t_kind;
+                       share of the step is (t_kind - t_identity) / t_kind.
+                       The kinds are compiled first and then timed in
+                       `--rounds` interleaved rounds of `--steps / --rounds`
+                       steps each, so that a machine whose load changes
+                       (other jobs) affects them alike; each record also has
+                       the process CPU time per step and the load average;
+  pca_maintenance      what the median step leaves out: the scheduled
+                       re-orthonormalisation (every Q updates) and the drift
+                       check (every `orthonormality_check_every` updates),
+                       timed alone and amortised per step;
   reconstruct          the jitted eval-mode forward pass;
   compile              compile time of the train step;
   memory               peak device memory (GPU/TPU) or the process's peak RSS
                        (CPU).
+
+The process first applies `pcavae.sharding.tune_host_allocator()` and
+`pcavae.sharding.default_xla_flags()` (as `pcavae.main` does), so the numbers
+are those of a training run.
 
 One JSON line per measurement goes to stdout and `<out>/throughput.jsonl`, and
 a markdown table to `<out>/throughput.md`. On a GPU it also reports model FLOPs
@@ -69,8 +82,8 @@ def _peak_memory_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure_train(res, dtype, kind, batch, steps):
-  """Median train-step time, compile time and FLOPs for one bottleneck."""
+def build_train(res, dtype, kind, batch):
+  """Compiles one bottleneck's train step; returns a step closure and info."""
   from pcavae import sharding, train  # pylint: disable=g-import-not-at-top
   config = _config(res, dtype, kind, batch)
   mesh = sharding.make_mesh(config)
@@ -102,10 +115,56 @@ def measure_train(res, dtype, kind, batch, steps):
     holder['state'], m = compiled(holder['state'], x)
     return m['loss']
   for _ in range(2):  # warm-up
-    one()
-  median, _ = _time(one, steps)
-  return {'median_s': median, 'compile_s': compile_s, 'flops': flops,
-          'state': holder['state'], 'model': model, 'x': x}
+    jax.block_until_ready(one())
+  return {'step': one, 'compile_s': compile_s, 'flops': flops,
+          'holder': holder, 'model': model, 'x': x, 'config': config}
+
+
+def time_interleaved(steps_of: dict, steps: int, rounds: int):
+  """Runs the step closures in alternating rounds; per-step wall and CPU."""
+  per_round = max(1, steps // max(1, rounds))
+  wall = {k: [] for k in steps_of}
+  cpu = {k: [] for k in steps_of}
+  names = list(steps_of)
+  for r in range(max(1, rounds)):
+    for k in (names if r % 2 == 0 else names[::-1]):
+      for _ in range(per_round):
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(steps_of[k]())
+        wall[k].append(time.perf_counter() - t0)
+        cpu[k].append(time.process_time() - c0)
+  return wall, cpu
+
+
+def _find_key(tree, key):
+  """The first value stored under `key` in a nested dict, or None."""
+  if isinstance(tree, dict):
+    if key in tree:
+      return tree[key]
+    for v in tree.values():
+      found = _find_key(v, key)
+      if found is not None:
+        return found
+  return None
+
+
+def measure_pca_maintenance(config, basis, steps: int):
+  """Seconds of one re-orthonormalisation and one drift check, and their
+  cost amortised per train step."""
+  from pcavae.models import pca  # pylint: disable=g-import-not-at-top
+  b = config.model.bottleneck
+  every = b.get('orthonormalize_every') or b.num_components
+  check_every = b.get('orthonormality_check_every', 16)
+  orth = jax.jit(pca.orthonormalize)
+  check = jax.jit(pca.orthonormality_error)
+  jax.block_until_ready((orth(basis), check(basis)))
+  n = max(1, min(3, steps // 4))
+  t_orth, _ = _time(lambda: orth(basis), n)
+  t_check, _ = _time(lambda: check(basis), n)
+  return {'orthonormalize_s': t_orth, 'orthonormalize_every': every,
+          'check_s': t_check, 'check_every': check_every,
+          'amortized_ms_per_step':
+              1e3 * (t_orth / every + t_check / check_every)}
 
 
 def measure_reconstruct(model, state, x, steps):
@@ -122,13 +181,19 @@ def main(argv=None):
   p.add_argument('--sizes', default='64')
   p.add_argument('--dtypes', default='float32')
   p.add_argument('--batch', type=int, default=16)
-  p.add_argument('--steps', type=int, default=20)
+  p.add_argument('--steps', type=int, default=20,
+                 help='Timed steps per bottleneck (after 2 warm-up steps).')
+  p.add_argument('--rounds', type=int, default=5,
+                 help='Interleave the bottlenecks in this many rounds.')
   p.add_argument('--kinds', default='pca,vq,identity')
   p.add_argument('--peak_tflops', type=float, default=0.0,
                  help='Peak dense TFLOP/s of the chip for MFU (e.g. 989 for '
                  'an H100 SXM in bf16); 0 skips MFU.')
   p.add_argument('--out', default='out/throughput')
   args = p.parse_args(argv)
+  from pcavae import sharding  # pylint: disable=g-import-not-at-top
+  sharding.tune_host_allocator()  # before JAX allocates, as pcavae.main
+  sharding.default_xla_flags()    # before JAX starts its CPU backend
   os.makedirs(args.out, exist_ok=True)
   from pcavae.models import bottlenecks  # pylint: disable=g-import-not-at-top
   kinds = [k for k in args.kinds.split(',') if k in bottlenecks.names()]
@@ -146,48 +211,80 @@ def main(argv=None):
 
   for res in [int(s) for s in args.sizes.split(',')]:
     for dtype in args.dtypes.split(','):
+      built = {kind: build_train(res, dtype, kind, args.batch)
+               for kind in kinds}
+      load0 = os.getloadavg()
+      wall, cpu = time_interleaved({k: b['step'] for k, b in built.items()},
+                                   args.steps, args.rounds)
+      load1 = os.getloadavg()
       times = {}
-      for kind in kinds:
-        r = measure_train(res, dtype, kind, args.batch, args.steps)
-        times[kind] = r['median_s']
+      for kind, r in built.items():
+        med = statistics.median(wall[kind])
+        times[kind] = med
         rec = {'measurement': f'train/{kind}', 'resolution': res,
                'dtype': dtype, 'batch': args.batch,
-               'step_ms': 1e3 * r['median_s'],
-               'images_per_s': args.batch / r['median_s'],
+               'step_ms': 1e3 * med, 'images_per_s': args.batch / med,
+               'step_ms_min': 1e3 * min(wall[kind]),
+               'cpu_ms_per_step': 1e3 * statistics.median(cpu[kind]),
+               'steps_timed': len(wall[kind]),
+               'load_avg_1min': [round(load0[0], 2), round(load1[0], 2)],
                'compile_s': r['compile_s'], 'flops_per_step': r['flops']}
         if r['flops'] and args.peak_tflops:
-          rec['mfu'] = r['flops'] / r['median_s'] / (args.peak_tflops * 1e12)
+          rec['mfu'] = r['flops'] / med / (args.peak_tflops * 1e12)
         emit(rec)
-        if kind == 'pca':
-          rt = measure_reconstruct(r['model'], r['state'], r['x'], args.steps)
-          emit({'measurement': 'reconstruct', 'resolution': res,
-                'dtype': dtype, 'batch': args.batch, 'step_ms': 1e3 * rt,
-                'images_per_s': args.batch / rt})
-        del r
+      if 'pca' in built:
+        r = built['pca']
+        rt = measure_reconstruct(r['model'], r['holder']['state'], r['x'],
+                                 args.steps)
+        emit({'measurement': 'reconstruct', 'resolution': res,
+              'dtype': dtype, 'batch': args.batch, 'step_ms': 1e3 * rt,
+              'images_per_s': args.batch / rt})
+        basis = _find_key(r['holder']['state'].get('pca', {}), 'basis')
+        if basis is not None:
+          m = measure_pca_maintenance(r['config'], basis, args.steps)
+          emit(dict({'measurement': 'pca_maintenance', 'resolution': res,
+                     'dtype': dtype}, **m))
       if 'identity' in times:
         for kind in kinds:
           if kind != 'identity':
             emit({'measurement': f'bottleneck_share/{kind}', 'resolution': res,
                   'dtype': dtype,
-                  'share': (times[kind] - times['identity']) / times[kind]})
+                  'share': (times[kind] - times['identity']) / times[kind],
+                  'cpu_share': ((statistics.median(cpu[kind])
+                                 - statistics.median(cpu['identity']))
+                                / statistics.median(cpu[kind]))})
+      del built
       emit({'measurement': 'memory', 'resolution': res, 'dtype': dtype,
             'peak_bytes': _peak_memory_bytes()})
 
-  lines = ['| measurement | res | dtype | step ms | images/s | compile s | '
-           'share / MFU |', '|---|---|---|---|---|---|---|']
+  lines = ['| measurement | res | dtype | step ms (median) | images/s | '
+           'CPU ms / step | compile s | share / MFU / notes |',
+           '|---|---|---|---|---|---|---|---|']
   for r in records:
     if 'step_ms' in r:
+      notes = (f"MFU {100 * r['mfu']:.1f}%" if 'mfu' in r else '')
+      if 'load_avg_1min' in r:
+        notes += f"load avg {r['load_avg_1min'][0]}-{r['load_avg_1min'][1]}"
+      cpu_ms = r.get('cpu_ms_per_step')
       lines.append(
           f"| {r['measurement']} | {r['resolution']} | {r['dtype']} | "
-          f"{r['step_ms']:.1f} | {r['images_per_s']:.1f} | "
-          f"{r.get('compile_s', float('nan')):.1f} | "
-          f"{r.get('mfu', '')} |")
+          f"{r['step_ms']:.1f} | {r['images_per_s']:.2f} | "
+          f"{'' if cpu_ms is None else f'{cpu_ms:.0f}'} | "
+          f"{r.get('compile_s', float('nan')):.1f} | {notes} |")
     elif 'share' in r:
       lines.append(f"| {r['measurement']} | {r['resolution']} | {r['dtype']} "
-                   f"| | | | {100 * r['share']:+.1f}% of the step |")
+                   f"| | | | | {100 * r['share']:+.1f}% of the step "
+                   f"(CPU time: {100 * r['cpu_share']:+.1f}%) |")
+    elif 'amortized_ms_per_step' in r:
+      lines.append(
+          f"| {r['measurement']} | {r['resolution']} | {r['dtype']} | | | | | "
+          f"orthonormalize {r['orthonormalize_s']:.2f} s every "
+          f"{r['orthonormalize_every']}, check {1e3 * r['check_s']:.0f} ms "
+          f"every {r['check_every']}: "
+          f"{r['amortized_ms_per_step']:.1f} ms/step amortised |")
     elif 'peak_bytes' in r:
       lines.append(f"| {r['measurement']} | {r['resolution']} | {r['dtype']} "
-                   f"| | | | peak {r['peak_bytes'] / 2**20:.0f} MiB |")
+                   f"| | | | | peak {r['peak_bytes'] / 2**20:.0f} MiB |")
   table = '\n'.join(lines)
   with open(os.path.join(args.out, 'throughput.md'), 'w') as f:
     f.write(table + '\n')

@@ -36,6 +36,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Before anything touches a device.
   from pcavae import sharding  # pylint: disable=g-import-not-at-top
+  sharding.tune_host_allocator()
+  sharding.default_xla_flags()
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                   _PROCESS_ID.value)
   from pcavae import train  # pylint: disable=g-import-not-at-top

@@ -79,6 +79,37 @@ def _conv_s2_s2d(x: Array, kernel: Array, *, precision=None) -> Array:
       precision=precision)
 
 
+def conv_s2_general(lhs: Array, rhs: Array, window_strides, padding,
+                    lhs_dilation=None, rhs_dilation=None,
+                    dimension_numbers=None, feature_group_count: int = 1,
+                    precision=None, **kwargs) -> Array:
+  """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)` that
+  computes the 4x4 stride-2 padding-1 NHWC conv as `_conv_s2_s2d` (same
+  parameters, same sums; its backward pass has no dilated convolutions) and
+  passes every other configuration to `lax.conv_general_dilated`."""
+  plain = (tuple(window_strides) == (2, 2) and rhs.shape[:2] == (4, 4)
+           and not isinstance(padding, str)
+           and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
+           and not any(d != 1 for d in (lhs_dilation or ()))
+           and not any(d != 1 for d in (rhs_dilation or ()))
+           and feature_group_count == 1 and not kwargs
+           and _is_nhwc(dimension_numbers, lhs.ndim)
+           and lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0)
+  if plain:
+    return _conv_s2_s2d(lhs, rhs, precision=precision)
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, precision=precision, **kwargs)
+
+
+def _is_nhwc(dimension_numbers, ndim: int) -> bool:
+  if ndim != 4 or dimension_numbers is None:
+    return False
+  dn = jax.lax.conv_dimension_numbers((1,) * 4, (1,) * 4, dimension_numbers)
+  return dn == jax.lax.conv_dimension_numbers((1,) * 4, (1,) * 4, _DN)
+
+
 def _conv_t_subpixel(x: Array, kernel: Array, *, precision=None) -> Array:
   """`lax.conv_transpose(x, kernel, (2, 2), padding 2)` for a 4x4 kernel (the
   PyTorch `ConvTranspose2d(k=4, s=2, p=1)`), as one 2x2 stride-1 conv with 4x
@@ -145,8 +176,10 @@ class Encoder(nn.Module):
   def __call__(self, x: Array) -> Array:
     x = x.astype(self.dtype)
     for c in self.channels:
+      # conv_s2_general: the same conv via a space-to-depth (fast backward).
       x = nn.leaky_relu(nn.Conv(c, (4, 4), strides=2, padding=1,
-                                dtype=self.dtype)(x))
+                                dtype=self.dtype,
+                                conv_general_dilated=conv_s2_general)(x))
     c = self.channels[-1]
     x = nn.leaky_relu(nn.Conv(c, (3, 3), padding=1, dtype=self.dtype)(x))
     for _ in range(self.num_res_layers):

@@ -271,11 +271,6 @@ class PCABottleneck(nn.Module):
                                new_basis)
       basis.value, mean.value, fade_norm.value = new_basis, mu, s
       count.value = new_count
-      # Running variance of each coefficient (coefficients are centred).
-      y_batch = xc @ new_basis
-      batch_var = jnp.mean(jnp.square(y_batch), axis=-2)
-      var.value, var_norm.value = pca.fade_mean(
-          var.value, var_norm.value, batch_var, self.variance_alpha)
       raw_norm = jnp.sqrt(jnp.sum(jnp.square(raw_delta), axis=(-2, -1)))
       # RMS over problems of the Sanger step before the clip, and the share of
       # problems (locations) whose step the clip shortened.
@@ -287,6 +282,12 @@ class PCABottleneck(nn.Module):
     c = jax.lax.stop_gradient(basis.value)
     mu = jax.lax.stop_gradient(mean.value)
     coeffs, x_hat = pca.project(x, c, mu)
+    if train and not self.is_initializing():
+      # Running variance of each coefficient: the projection's coefficients
+      # are those of the centred batch on the updated basis.
+      batch_var = jnp.mean(jnp.square(jax.lax.stop_gradient(coeffs)), axis=-2)
+      var.value, var_norm.value = pca.fade_mean(
+          var.value, var_norm.value, batch_var, self.variance_alpha)
     eval_extra: Aux = {}
     if not train and (self.quantizes or coefficient_shift is not None):
       # Reconstruct from what would be sent: the decoder then sees exactly

@@ -1,0 +1,229 @@
+"""The reformulations made for speed compute the same function as the plain
+formulas they replace (values and gradients, to float32 tolerance)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pcavae.models import autoencoder, pca
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _rand(rng, *shape):
+  return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+
+@pytest.mark.parametrize('h,cin,cout', [(4, 3, 5), (8, 6, 3), (5, 2, 4)])
+def test_subpixel_conv_transpose_matches_dilated_conv(h, cin, cout):
+  rng = np.random.default_rng(0)
+  x, w = _rand(rng, 2, h, h + 1, cin), _rand(rng, 4, 4, cin, cout)
+  g = _rand(rng, 2, 2 * h, 2 * h + 2, cout)
+
+  def plain(x, w):
+    return jax.lax.conv_transpose(x, w, (2, 2), [(2, 2), (2, 2)],
+                                  dimension_numbers=_DN, precision=_HI)
+
+  def fast(x, w):
+    return autoencoder._conv_t_subpixel(x, w, precision=_HI)
+
+  np.testing.assert_allclose(fast(x, w), plain(x, w), atol=1e-5)
+  for f_grad, p_grad in zip(
+      jax.grad(lambda x, w: jnp.sum(fast(x, w) * g), argnums=(0, 1))(x, w),
+      jax.grad(lambda x, w: jnp.sum(plain(x, w) * g), argnums=(0, 1))(x, w)):
+    np.testing.assert_allclose(f_grad, p_grad, atol=1e-4)
+
+
+@pytest.mark.parametrize('h,cin,cout', [(8, 3, 5), (6, 4, 2)])
+def test_space_to_depth_conv_matches_strided_conv(h, cin, cout):
+  rng = np.random.default_rng(7)
+  x, w = _rand(rng, 2, h, h + 2, cin), _rand(rng, 4, 4, cin, cout)
+  g = _rand(rng, 2, h // 2, h // 2 + 1, cout)
+
+  def plain(x, w):
+    return jax.lax.conv_general_dilated(x, w, (2, 2), [(1, 1), (1, 1)],
+                                        dimension_numbers=_DN, precision=_HI)
+
+  def fast(x, w):
+    return autoencoder.conv_s2_general(x, w, (2, 2), ((1, 1), (1, 1)),
+                                       dimension_numbers=_DN, precision=_HI)
+
+  np.testing.assert_allclose(fast(x, w), plain(x, w), atol=1e-5)
+  for f_grad, p_grad in zip(
+      jax.grad(lambda x, w: jnp.sum(fast(x, w) * g), argnums=(0, 1))(x, w),
+      jax.grad(lambda x, w: jnp.sum(plain(x, w) * g), argnums=(0, 1))(x, w)):
+    np.testing.assert_allclose(f_grad, p_grad, atol=1e-4)
+
+
+def test_space_to_depth_conv_passes_other_convs_through():
+  rng = np.random.default_rng(8)
+  x, w = _rand(rng, 1, 7, 7, 3), _rand(rng, 3, 3, 3, 4)
+  got = autoencoder.conv_s2_general(x, w, (2, 2), ((1, 1), (1, 1)),
+                                    dimension_numbers=_DN)
+  want = jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
+                                      dimension_numbers=_DN)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_encoder_is_the_plain_flax_encoder():
+  """Same parameter tree and outputs as with plain strided nn.Conv."""
+
+  class Plain(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for c in (8, 16):
+        x = nn.leaky_relu(nn.Conv(c, (4, 4), strides=2, padding=1)(x))
+      return x
+
+  class Fast(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for c in (8, 16):
+        x = nn.leaky_relu(nn.Conv(
+            c, (4, 4), strides=2, padding=1,
+            conv_general_dilated=autoencoder.conv_s2_general)(x))
+      return x
+
+  x = _rand(np.random.default_rng(9), 2, 16, 16, 3)
+  v_plain = Plain().init(jax.random.PRNGKey(0), x)
+  v_fast = Fast().init(jax.random.PRNGKey(0), x)
+  jax.tree.map(np.testing.assert_array_equal, v_plain, v_fast)
+  np.testing.assert_allclose(Fast().apply(v_plain, x),
+                             Plain().apply(v_plain, x), atol=1e-5)
+
+
+def test_subpixel_module_is_flax_conv_transpose():
+  """Same parameter tree, same initial values, same outputs."""
+  rng = np.random.default_rng(1)
+  x = _rand(rng, 2, 6, 6, 8)
+  ours = autoencoder.SubpixelConvTranspose(5)
+  flax_ct = nn.ConvTranspose(5, (4, 4), strides=(2, 2), padding=2)
+  v_ours = ours.init(jax.random.PRNGKey(3), x)
+  v_flax = flax_ct.init(jax.random.PRNGKey(3), x)
+  jax.tree.map(np.testing.assert_array_equal, v_ours, v_flax)
+  np.testing.assert_allclose(ours.apply(v_flax, x), flax_ct.apply(v_flax, x),
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize('channels', [(16, 32), (8, 16, 32)])
+def test_decoder_parameter_names_are_stable(channels):
+  z = jnp.zeros((1, 4, 4, 32))
+  params = autoencoder.Decoder(channels, num_res_layers=1).init(
+      jax.random.PRNGKey(0), z)['params']
+  n_up = len(channels)
+  expected = {f'ConvTranspose_{i}' for i in range(n_up - 1)} | {'conv_out'}
+  assert expected <= set(params)
+  assert params['conv_out']['kernel'].shape == (4, 4, channels[0], 3)
+
+
+def _sanger_loop(c, xc):
+  """Sanger's rule sample by sample, component by component."""
+  n = xc.shape[0]
+  out = np.zeros_like(c)
+  for x in xc:
+    y = c.T @ x
+    resid = x.copy()
+    for j in range(c.shape[1]):
+      resid = resid - c[:, j] * y[j]
+      out[:, j] += y[j] * resid
+  return out / n
+
+
+@pytest.mark.parametrize('n,d,q', [(4, 80, 128), (16, 96, 192), (3, 64, 128)])
+def test_blocked_sanger_matches_loop(n, d, q):
+  assert pca._sanger_block(n, q) is not None  # the blocked path is taken
+  rng = np.random.default_rng(2)
+  c = rng.normal(size=(2, d, q)) / np.sqrt(d)
+  xc = rng.normal(size=(2, n, d))
+  got = np.asarray(pca.sanger_delta(jnp.asarray(c, jnp.float32),
+                                    jnp.asarray(xc, jnp.float32)))
+  for i in range(2):
+    np.testing.assert_allclose(got[i], _sanger_loop(c[i], xc[i]),
+                               rtol=1e-4, atol=2e-5)
+
+
+def test_blocked_sanger_matches_direct_formula():
+  rng = np.random.default_rng(3)
+  c = _rand(rng, 5, 64, 256) / 8.0
+  xc = _rand(rng, 5, 16, 64)
+  block = pca._sanger_block(16, 256)
+  assert block is not None
+  y = xc @ c
+  direct = (jnp.swapaxes(xc, -1, -2) @ y
+            - c @ jnp.triu(jnp.swapaxes(y, -1, -2) @ y)) / 16
+  np.testing.assert_allclose(pca._sanger_delta_blocked(c, xc, block), direct,
+                             rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('noise', [1e-3, 3e-2, 1.0])
+def test_newton_schulz_orthonormalize_matches_eigh(noise):
+  rng = np.random.default_rng(4)
+  base = pca.random_orthonormal(jax.random.PRNGKey(0), (3, 48, 32))
+  c = base + noise * _rand(rng, 3, 48, 32)
+  got = pca.orthonormalize(c)
+  ref = pca._orthonormalize_eigh(c, 1e-8)
+  np.testing.assert_allclose(got, ref, atol=2e-5)
+  assert float(pca.orthonormality_error(got)) < 1e-5
+
+
+def test_orthonormalize_rank_deficient_falls_back_to_eigh():
+  rng = np.random.default_rng(5)
+  c = np.asarray(rng.normal(size=(10, 4)), np.float32)
+  c[:, 3] = 0.0                       # rank 3: the eigenvalue clamp matters
+  got = pca.orthonormalize(jnp.asarray(c))
+  ref = pca._orthonormalize_eigh(jnp.asarray(c), 1e-8)
+  np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize('h_shape,b_shape', [
+    ((4, 5, 6), (4, 6, 3)), ((7, 6), (6, 6)), ((2, 3, 5, 6), (6, 4)),
+    ((2, 3, 5, 6), (3, 6, 4))])
+def test_project_custom_vjp_matches_autodiff(h_shape, b_shape):
+  rng = np.random.default_rng(6)
+  h, basis = _rand(rng, *h_shape), _rand(rng, *b_shape)
+  mean = _rand(rng, *b_shape[:-1])
+
+  def plain(h, b, m):
+    y = (h - m[..., None, :]) @ b
+    return y, y @ jnp.swapaxes(b, -1, -2) + m[..., None, :]
+
+  def loss(f):
+    return lambda *a: sum(jnp.sum(o * w) for o, w in zip(f(*a), (1.3, -0.7)))
+
+  for got, want in zip(pca.project(h, basis, mean), plain(h, basis, mean)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  grads = jax.grad(loss(pca.project), argnums=(0, 1, 2))(h, basis, mean)
+  wants = jax.grad(loss(plain), argnums=(0, 1, 2))(h, basis, mean)
+  for got, want in zip(grads, wants):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_default_xla_flags_respects_the_user(monkeypatch):
+  from pcavae import sharding  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sharding, '_backend_started', lambda: False)
+  monkeypatch.setattr(sharding, '_CPU_XLA_FLAGS',
+                      (('xla_cpu_made_up', 'x', (0, 0), (99, 0)),))
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  assert sharding.default_xla_flags(env) == (
+      '--xla_force_host_platform_device_count=8 --xla_cpu_made_up=x')
+  assert env['XLA_FLAGS'].endswith('--xla_cpu_made_up=x')
+  env = {'XLA_FLAGS': '--xla_cpu_made_up=y'}          # the user's value wins
+  assert sharding.default_xla_flags(env) == '--xla_cpu_made_up=y'
+  env = {'PCAVAE_XLA_DEFAULTS': '0'}
+  assert sharding.default_xla_flags(env) == '' and 'XLA_FLAGS' not in env
+  monkeypatch.setattr(sharding, '_CPU_XLA_FLAGS',
+                      (('xla_cpu_made_up', 'x', (0, 0), (0, 1)),))
+  assert sharding.default_xla_flags({}) == ''         # other jaxlib versions
+
+
+def test_tune_host_allocator_opt_outs(monkeypatch):
+  from pcavae import sharding  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('PCAVAE_MALLOC_TUNING', '0')
+  assert not sharding.tune_host_allocator()
+  monkeypatch.delenv('PCAVAE_MALLOC_TUNING')
+  monkeypatch.setenv('MALLOC_ARENA_MAX', '4')
+  assert not sharding.tune_host_allocator()

@@ -262,9 +262,11 @@ def main(argv=None):
            '|---|---|---|---|---|---|---|---|']
   for r in records:
     if 'step_ms' in r:
-      notes = (f"MFU {100 * r['mfu']:.1f}%" if 'mfu' in r else '')
+      notes = [f"MFU {100 * r['mfu']:.1f}%"] if 'mfu' in r else []
       if 'load_avg_1min' in r:
-        notes += f"load avg {r['load_avg_1min'][0]}-{r['load_avg_1min'][1]}"
+        notes.append(
+            f"load avg {r['load_avg_1min'][0]}-{r['load_avg_1min'][1]}")
+      notes = '; '.join(notes)
       cpu_ms = r.get('cpu_ms_per_step')
       lines.append(
           f"| {r['measurement']} | {r['resolution']} | {r['dtype']} | "

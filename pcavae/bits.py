@@ -119,6 +119,35 @@ def num_codes(config: ml_collections.ConfigDict) -> Optional[int]:
   return None
 
 
+def check_coefficient_quantization(num_bits: Any, budget: Any,
+                                   num_coefficients: Optional[int] = None
+                                   ) -> None:
+  """Raises ValueError, naming the config key, for bad `coefficient_bits` /
+  `coefficient_bit_budget` values of the PCA bottleneck. With
+  `num_coefficients` (per image) the budget's upper bound is checked too."""
+  key = 'config.model.bottleneck.'
+  if (isinstance(num_bits, bool) or not isinstance(num_bits, int) or not (
+      0 <= num_bits <= MAX_COEFFICIENT_BITS or num_bits == FLOAT_BITS)):
+    raise ValueError(f'{key}coefficient_bits={num_bits!r} must be an integer '
+                     f'in 0..{MAX_COEFFICIENT_BITS}, or 32 (unquantized).')
+  if budget is None:
+    return
+  if num_bits != FLOAT_BITS:
+    raise ValueError(f'{key}coefficient_bit_budget={budget!r} and '
+                     f'{key}coefficient_bits={num_bits} are exclusive; leave '
+                     'coefficient_bits at 32 when setting a budget.')
+  most = (None if num_coefficients is None
+          else num_coefficients * MAX_COEFFICIENT_BITS)
+  if (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0
+      or (most is not None and budget > most)):
+    raise ValueError(
+        f'{key}coefficient_bit_budget={budget!r} (bits per image) must be a '
+        'positive integer' + ('' if most is None else
+                              f' in 1..{most} ({num_coefficients} coefficients'
+                              f' per image, at most {MAX_COEFFICIENT_BITS} '
+                              'bits each)') + '.')
+
+
 def coefficient_quantization(config: ml_collections.ConfigDict
                              ) -> Optional[Tuple[str, int]]:
   """How a PCA config quantizes its coefficients at eval.

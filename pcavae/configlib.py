@@ -231,26 +231,9 @@ def _validate_coefficient_quantization(config: ml_collections.ConfigDict,
   """`coefficient_bits` / `coefficient_bit_budget` (pcavae/bits.py)."""
   from pcavae import bits  # pylint: disable=g-import-not-at-top
   b = config.model.bottleneck
-  key = 'config.model.bottleneck.'
-  nbits = b.get('coefficient_bits', bits.FLOAT_BITS)
-  if (isinstance(nbits, bool) or not isinstance(nbits, int) or not (
-      0 <= nbits <= bits.MAX_COEFFICIENT_BITS or nbits == bits.FLOAT_BITS)):
-    raise ValueError(f'{key}coefficient_bits={nbits!r} must be an integer in '
-                     f'0..{bits.MAX_COEFFICIENT_BITS}, or 32 (unquantized).')
-  budget = b.get('coefficient_bit_budget')
-  if budget is None:
-    return
-  if nbits != bits.FLOAT_BITS:
-    raise ValueError(f'{key}coefficient_bit_budget={budget!r} and '
-                     f'{key}coefficient_bits={nbits} are exclusive; leave '
-                     'coefficient_bits at 32 when setting a budget.')
-  most = num_coefficients * bits.MAX_COEFFICIENT_BITS
-  if (isinstance(budget, bool) or not isinstance(budget, int)
-      or not 0 < budget <= most):
-    raise ValueError(
-        f'{key}coefficient_bit_budget={budget!r} (bits per image) must be an '
-        f'integer in 1..{most} ({num_coefficients} coefficients per image, at '
-        f'most {bits.MAX_COEFFICIENT_BITS} bits each).')
+  bits.check_coefficient_quantization(
+      b.get('coefficient_bits', bits.FLOAT_BITS),
+      b.get('coefficient_bit_budget'), num_coefficients)
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -157,20 +157,10 @@ class PCABottleneck(nn.Module):
   @property
   def quantizes(self) -> bool:
     """Whether eval reconstructs from quantized coefficients."""
-    if self.coefficient_bit_budget is not None:
-      if self.coefficient_bits != bits.FLOAT_BITS:
-        raise ValueError(
-            'config.model.bottleneck.coefficient_bit_budget and '
-            f'coefficient_bits={self.coefficient_bits} are exclusive: set '
-            'coefficient_bits to 32 (no fixed depth) or the budget to None.')
-      return True
-    if self.coefficient_bits == bits.FLOAT_BITS:
-      return False
-    if not 0 <= self.coefficient_bits <= bits.MAX_COEFFICIENT_BITS:
-      raise ValueError(
-          f'config.model.bottleneck.coefficient_bits={self.coefficient_bits}'
-          f' must be in 0..{bits.MAX_COEFFICIENT_BITS}, or 32 (unquantized).')
-    return True
+    bits.check_coefficient_quantization(self.coefficient_bits,
+                                        self.coefficient_bit_budget)
+    return (self.coefficient_bit_budget is not None
+            or self.coefficient_bits != bits.FLOAT_BITS)
 
   def _quantize(self, y: Array, variances: Array, locations: int
                 ) -> Tuple[Array, Array, Array]:

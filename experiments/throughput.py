@@ -92,7 +92,7 @@ def build_train(res, dtype, kind, batch):
   init_fn = train.make_init_fn(model, tx, config)
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   shardings = sharding.state_shardings(abstract, mesh)
-  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
+  state = train.initialize(init_fn, jax.random.PRNGKey(0), shardings)
   step_fn = jax.jit(train.make_train_step(model, tx, schedule, config),
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     donate_argnums=(0,))

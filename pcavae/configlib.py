@@ -19,6 +19,7 @@ _POSITIVE_INTS = ('batch_size', 'num_train_steps', 'log_every_steps',
                   'keep_checkpoints', 'resolution')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('exponential', 'cosine', 'constant')
+CONV_ALGORITHMS = ('auto', 'direct', 'winograd')
 RECONSTRUCTION_LOSSES = ('mse', 'l1')
 
 
@@ -76,6 +77,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f'config.resolution={config.resolution} is not divisible by the '
         f'downsampling factor {factor} (2 ** len(config.model.channels)).')
+  if config.model.get('conv_algorithm', 'auto') not in CONV_ALGORITHMS:
+    raise ValueError(
+        f'config.model.conv_algorithm={config.model.conv_algorithm!r}; choose '
+        f'one of {CONV_ALGORITHMS}.')
   if config.model.latent_dim <= 0:
     raise ValueError(f'config.model.latent_dim={config.model.latent_dim!r} '
                      'must be positive.')

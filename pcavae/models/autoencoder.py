@@ -10,6 +10,7 @@ in tanh. Images are NHWC in [-1, 1] inside the model. PyTorch's
 (padding of the dilated input, `k - 1 - p`): both halve/double H exactly.
 """
 
+import functools
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -79,24 +80,79 @@ def _conv_s2_s2d(x: Array, kernel: Array, *, precision=None) -> Array:
       precision=precision)
 
 
-def conv_s2_general(lhs: Array, rhs: Array, window_strides, padding,
-                    lhs_dilation=None, rhs_dilation=None,
-                    dimension_numbers=None, feature_group_count: int = 1,
-                    precision=None, **kwargs) -> Array:
-  """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)` that
-  computes the 4x4 stride-2 padding-1 NHWC conv as `_conv_s2_s2d` (same
-  parameters, same sums; its backward pass has no dilated convolutions) and
-  passes every other configuration to `lax.conv_general_dilated`."""
-  plain = (tuple(window_strides) == (2, 2) and rhs.shape[:2] == (4, 4)
-           and not isinstance(padding, str)
-           and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
-           and not any(d != 1 for d in (lhs_dilation or ()))
-           and not any(d != 1 for d in (rhs_dilation or ()))
-           and feature_group_count == 1 and not kwargs
-           and _is_nhwc(dimension_numbers, lhs.ndim)
-           and lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0)
-  if plain:
+def _winograd_bt(d):
+  """`B^T d` of Winograd F(2, 3) along a list of 4 input taps."""
+  return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+
+
+def _winograd_g(g):
+  """`G g` of F(2, 3): 3 kernel taps -> 4."""
+  return [g[0], 0.5 * (g[0] + g[1] + g[2]), 0.5 * (g[0] - g[1] + g[2]), g[2]]
+
+
+def _winograd_at(m):
+  """`A^T m` of F(2, 3): 4 products -> 2 outputs."""
+  return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+
+
+def _conv3x3_winograd(x: Array, kernel: Array, *, precision=None) -> Array:
+  """3x3 stride-1 padding-1 NHWC conv by Winograd's minimal filtering
+  F(2x2, 3x3) (Lavin & Gray, 2016), for even H and W.
+
+  Every 2x2 output tile is `A^T [(G g G^T) . (B^T d B)] A` of its 4x4 input
+  tile `d`: 16 products per tile and channel pair instead of 36, as 16
+  batched matrix products `(tiles, C_in) @ (C_in, C_out)`. In exact
+  arithmetic the same function as the direct conv; in float32 it differs
+  by rounding (relative ~1e-6, tests/test_perf_equivalence.py). Written in
+  plain array ops, so its gradients are Winograd convolutions too (the
+  transposed transforms around two batched products).
+  """
+  b, h, w, c = x.shape
+  th, tw = h // 2, w // 2
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  v = []
+  for r in _winograd_bt([xp[:, u:u + h:2] for u in range(4)]):
+    v.extend(_winograd_bt([r[:, :, u:u + w:2] for u in range(4)]))
+  v = jnp.stack(v).reshape(16, b * th * tw, c)              # (16, tiles, C)
+  u = []
+  for gi in _winograd_g([kernel[i] for i in range(3)]):
+    u.extend(_winograd_g([gi[j] for j in range(3)]))
+  m = jnp.matmul(v, jnp.stack(u), precision=precision)      # (16, tiles, O)
+  m = m.reshape(4, 4, b, th, tw, m.shape[-1])
+  y = [jnp.stack(_winograd_at([mi[j] for j in range(4)]), axis=3)
+       for mi in _winograd_at([m[i] for i in range(4)])]    # (b, th, tw, 2, O)
+  return jnp.stack(y, axis=2).reshape(b, h, w, -1)          # rows (th, 2)
+
+
+def conv_general(lhs: Array, rhs: Array, window_strides, padding,
+                 lhs_dilation=None, rhs_dilation=None,
+                 dimension_numbers=None, feature_group_count: int = 1,
+                 precision=None, *, winograd: bool = False,
+                 **kwargs) -> Array:
+  """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`.
+
+  Same parameters and the same function; two NHWC configurations take a
+  faster route (tests/test_perf_equivalence.py):
+  - the 4x4 stride-2 padding-1 conv runs as `_conv_s2_s2d` (same sums; its
+    backward pass has no dilated convolutions);
+  - with `winograd=True`, the 3x3 stride-1 padding-1 conv on even H, W runs
+    as `_conv3x3_winograd` (2.25x fewer multiplies, float32 rounding
+    differences; `config.model.conv_algorithm`).
+  Every other configuration goes to `lax.conv_general_dilated`.
+  """
+  pads = (None if isinstance(padding, str)
+          else tuple(tuple(p) for p in padding))
+  simple = (pads == ((1, 1), (1, 1))
+            and not any(d != 1 for d in (lhs_dilation or ()))
+            and not any(d != 1 for d in (rhs_dilation or ()))
+            and feature_group_count == 1 and not kwargs
+            and _is_nhwc(dimension_numbers, lhs.ndim)
+            and lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0)
+  if simple and tuple(window_strides) == (2, 2) and rhs.shape[:2] == (4, 4):
     return _conv_s2_s2d(lhs, rhs, precision=precision)
+  if (simple and winograd and tuple(window_strides) == (1, 1)
+      and rhs.shape[:2] == (3, 3)):
+    return _conv3x3_winograd(lhs, rhs, precision=precision)
   return jax.lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -153,55 +209,71 @@ class SubpixelConvTranspose(nn.Module):
     return _conv_t_subpixel(x, kernel) + bias
 
 
+def _conv_fn(winograd: bool):
+  """The `conv_general_dilated` that pcavae's `nn.Conv`s use."""
+  return functools.partial(conv_general, winograd=winograd)
+
+
 class ResidualLayer(nn.Module):
   """`x + conv1x1(relu(conv3x3(x)))`, no biases (the reference's)."""
   dtype: Any = jnp.float32
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
-    y = nn.Conv(c, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
+    y = nn.Conv(c, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
+                conv_general_dilated=_conv_fn(self.winograd))(x)
     y = nn.Conv(c, (1, 1), use_bias=False, dtype=self.dtype)(nn.relu(y))
     return x + y
 
 
 class Encoder(nn.Module):
-  """Image `(B, R, R, 3)` -> latent `(B, R / 2^S, R / 2^S, D)`."""
+  """Image `(B, R, R, 3)` -> latent `(B, R / 2^S, R / 2^S, D)`.
+
+  `winograd`: 3x3 convs by Winograd F(2x2, 3x3) (`conv_general`)."""
   channels: Sequence[int] = (128, 256)
   latent_dim: int = 256
   num_res_layers: int = 6
   dtype: Any = jnp.float32
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = x.astype(self.dtype)
+    conv = _conv_fn(self.winograd)
     for c in self.channels:
-      # conv_s2_general: the same conv via a space-to-depth (fast backward).
+      # conv_general: the same conv via a space-to-depth (fast backward).
       x = nn.leaky_relu(nn.Conv(c, (4, 4), strides=2, padding=1,
                                 dtype=self.dtype,
-                                conv_general_dilated=conv_s2_general)(x))
+                                conv_general_dilated=conv)(x))
     c = self.channels[-1]
-    x = nn.leaky_relu(nn.Conv(c, (3, 3), padding=1, dtype=self.dtype)(x))
+    x = nn.leaky_relu(nn.Conv(c, (3, 3), padding=1, dtype=self.dtype,
+                              conv_general_dilated=conv)(x))
     for _ in range(self.num_res_layers):
-      x = ResidualLayer(dtype=self.dtype)(x)
+      x = ResidualLayer(dtype=self.dtype, winograd=self.winograd)(x)
     x = nn.leaky_relu(x)
     return nn.leaky_relu(nn.Conv(self.latent_dim, (1, 1), dtype=self.dtype)(x))
 
 
 class Decoder(nn.Module):
-  """Latent `(B, r, r, D)` -> image `(B, r 2^S, r 2^S, 3)` in [-1, 1]."""
+  """Latent `(B, r, r, D)` -> image `(B, r 2^S, r 2^S, 3)` in [-1, 1].
+
+  `winograd`: 3x3 convs by Winograd F(2x2, 3x3) (`conv_general`)."""
   channels: Sequence[int] = (128, 256)
   num_res_layers: int = 6
   out_channels: int = 3
   dtype: Any = jnp.float32
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
     z = z.astype(self.dtype)
     chans = list(self.channels)[::-1]
-    x = nn.leaky_relu(nn.Conv(chans[0], (3, 3), padding=1, dtype=self.dtype)(z))
+    x = nn.leaky_relu(nn.Conv(chans[0], (3, 3), padding=1, dtype=self.dtype,
+                              conv_general_dilated=_conv_fn(self.winograd))(z))
     for _ in range(self.num_res_layers):
-      x = ResidualLayer(dtype=self.dtype)(x)
+      x = ResidualLayer(dtype=self.dtype, winograd=self.winograd)(x)
     x = nn.leaky_relu(x)
     # Named as `nn.ConvTranspose` would be auto-named: same parameter tree.
     for i, c in enumerate(chans[1:]):
@@ -229,6 +301,7 @@ class Autoencoder(nn.Module):
     bottleneck_kind: a name from `bottlenecks.names()`.
     bottleneck_kwargs: constructor arguments of that bottleneck.
     warmup: whether the model has the AE warm-up flag (see above).
+    winograd: compute the 3x3 convs by Winograd F(2x2, 3x3) (`conv_general`).
   """
   channels: Sequence[int] = (128, 256)
   latent_dim: int = 256
@@ -237,13 +310,15 @@ class Autoencoder(nn.Module):
   bottleneck_kwargs: Optional[Dict[str, Any]] = None
   dtype: Any = jnp.float32
   warmup: bool = False
+  winograd: bool = False
 
   def setup(self):
     self.encoder = Encoder(self.channels, self.latent_dim, self.num_res_layers,
-                           dtype=self.dtype)
+                           dtype=self.dtype, winograd=self.winograd)
     self.bottleneck = bottlenecks.get(self.bottleneck_kind)(
         **(self.bottleneck_kwargs or {}))
-    self.decoder = Decoder(self.channels, self.num_res_layers, dtype=self.dtype)
+    self.decoder = Decoder(self.channels, self.num_res_layers, dtype=self.dtype,
+                           winograd=self.winograd)
     if self.warmup:
       self.quantizer_active = self.variable(
           'warmup', 'active', lambda: jnp.zeros((), jnp.int32))

@@ -52,13 +52,17 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(res: int, dtype: str, kind: str, batch: int):
+def _config(res: int, dtype: str, spec: str, batch: int):
+  """`spec` is a bottleneck kind, optionally `kind:conv_algorithm`."""
   from pcavae import configlib  # pylint: disable=g-import-not-at-top
   c = configlib.load(os.path.join(ROOT, 'configs', 'pcavae.py') +
                      ':setting=spatial16')
   c.resolution = res
   c.batch_size = batch
   c.compute_dtype = dtype
+  kind, _, algorithm = spec.partition(':')
+  if algorithm:
+    c.model.conv_algorithm = algorithm
   if kind == 'identity':
     c.model.bottleneck = {'kind': 'identity'}
   elif kind == 'vq':
@@ -185,7 +189,9 @@ def main(argv=None):
                  help='Timed steps per bottleneck (after 2 warm-up steps).')
   p.add_argument('--rounds', type=int, default=5,
                  help='Interleave the bottlenecks in this many rounds.')
-  p.add_argument('--kinds', default='pca,vq,identity')
+  p.add_argument('--kinds', default='pca,vq,identity',
+                 help='Bottleneck kinds; `kind:direct` or `kind:winograd` '
+                 'sets config.model.conv_algorithm for that entry.')
   p.add_argument('--peak_tflops', type=float, default=0.0,
                  help='Peak dense TFLOP/s of the chip for MFU (e.g. 989 for '
                  'an H100 SXM in bf16); 0 skips MFU.')
@@ -195,8 +201,10 @@ def main(argv=None):
   sharding.tune_host_allocator()  # before JAX allocates, as pcavae.main
   sharding.default_xla_flags()    # before JAX starts its CPU backend
   os.makedirs(args.out, exist_ok=True)
+  from pcavae import train  # pylint: disable=g-import-not-at-top
   from pcavae.models import bottlenecks  # pylint: disable=g-import-not-at-top
-  kinds = [k for k in args.kinds.split(',') if k in bottlenecks.names()]
+  kinds = [k for k in args.kinds.split(',')
+           if k.partition(':')[0] in bottlenecks.names()]
   device = jax.devices()[0]
   records = []
 
@@ -222,6 +230,7 @@ def main(argv=None):
         med = statistics.median(wall[kind])
         times[kind] = med
         rec = {'measurement': f'train/{kind}', 'resolution': res,
+               'winograd': train.uses_winograd(r['config']),
                'dtype': dtype, 'batch': args.batch,
                'step_ms': 1e3 * med, 'images_per_s': args.batch / med,
                'step_ms_min': 1e3 * min(wall[kind]),
@@ -244,15 +253,17 @@ def main(argv=None):
           m = measure_pca_maintenance(r['config'], basis, args.steps)
           emit(dict({'measurement': 'pca_maintenance', 'resolution': res,
                      'dtype': dtype}, **m))
-      if 'identity' in times:
-        for kind in kinds:
-          if kind != 'identity':
-            emit({'measurement': f'bottleneck_share/{kind}', 'resolution': res,
-                  'dtype': dtype,
-                  'share': (times[kind] - times['identity']) / times[kind],
-                  'cpu_share': ((statistics.median(cpu[kind])
-                                 - statistics.median(cpu['identity']))
-                                / statistics.median(cpu[kind]))})
+      for kind in kinds:
+        # Against the identity with the same conv algorithm.
+        name, sep, algorithm = kind.partition(':')
+        base = 'identity' + sep + algorithm
+        if name != 'identity' and base in times:
+          emit({'measurement': f'bottleneck_share/{kind}', 'resolution': res,
+                'dtype': dtype,
+                'share': (times[kind] - times[base]) / times[kind],
+                'cpu_share': ((statistics.median(cpu[kind])
+                               - statistics.median(cpu[base]))
+                              / statistics.median(cpu[kind]))})
       del built
       emit({'measurement': 'memory', 'resolution': res, 'dtype': dtype,
             'peak_bytes': _peak_memory_bytes()})

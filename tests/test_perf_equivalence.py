@@ -48,7 +48,7 @@ def test_space_to_depth_conv_matches_strided_conv(h, cin, cout):
                                         dimension_numbers=_DN, precision=_HI)
 
   def fast(x, w):
-    return autoencoder.conv_s2_general(x, w, (2, 2), ((1, 1), (1, 1)),
+    return autoencoder.conv_general(x, w, (2, 2), ((1, 1), (1, 1)),
                                        dimension_numbers=_DN, precision=_HI)
 
   np.testing.assert_allclose(fast(x, w), plain(x, w), atol=1e-5)
@@ -61,11 +61,88 @@ def test_space_to_depth_conv_matches_strided_conv(h, cin, cout):
 def test_space_to_depth_conv_passes_other_convs_through():
   rng = np.random.default_rng(8)
   x, w = _rand(rng, 1, 7, 7, 3), _rand(rng, 3, 3, 3, 4)
-  got = autoencoder.conv_s2_general(x, w, (2, 2), ((1, 1), (1, 1)),
+  got = autoencoder.conv_general(x, w, (2, 2), ((1, 1), (1, 1)),
                                     dimension_numbers=_DN)
   want = jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
                                       dimension_numbers=_DN)
   np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize('b,h,w,cin,cout', [
+    (2, 8, 8, 5, 3), (1, 4, 6, 3, 7), (3, 2, 10, 4, 4), (2, 16, 16, 32, 32)])
+def test_winograd_conv_matches_direct_conv(b, h, w, cin, cout):
+  """F(2x2, 3x3): values and both gradients of the direct 3x3 conv."""
+  rng = np.random.default_rng(10)
+  x, k = _rand(rng, b, h, w, cin), _rand(rng, 3, 3, cin, cout)
+  g = _rand(rng, b, h, w, cout)
+
+  def plain(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), [(1, 1), (1, 1)],
+                                        dimension_numbers=_DN, precision=_HI)
+
+  def fast(x, k):
+    return autoencoder._conv3x3_winograd(x, k, precision=_HI)
+
+  scale = float(jnp.max(jnp.abs(plain(x, k))))
+  np.testing.assert_allclose(fast(x, k), plain(x, k), atol=2e-6 * scale)
+  for f_grad, p_grad in zip(
+      jax.grad(lambda x, k: jnp.sum(fast(x, k) * g), argnums=(0, 1))(x, k),
+      jax.grad(lambda x, k: jnp.sum(plain(x, k) * g), argnums=(0, 1))(x, k)):
+    np.testing.assert_allclose(f_grad, p_grad,
+                               atol=2e-6 * float(jnp.max(jnp.abs(p_grad))))
+
+
+def test_winograd_rounding_is_that_of_the_direct_conv():
+  """At the model's shape (16x16, 256 channels), float32 Winograd's error
+  against a float64 conv is within 2x the direct float32 conv's."""
+  rng = np.random.default_rng(11)
+  x = rng.normal(size=(2, 16, 16, 256))
+  k = rng.normal(size=(3, 3, 256, 256)) / 48.0
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  exact = sum(np.einsum('bhwc,co->bhwo', xp[:, a:a + 16, c:c + 16], k[a, c])
+              for a in range(3) for c in range(3))
+  x32, k32 = jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
+  direct = jax.lax.conv_general_dilated(x32, k32, (1, 1), [(1, 1), (1, 1)],
+                                        dimension_numbers=_DN, precision=_HI)
+  wino = autoencoder._conv3x3_winograd(x32, k32, precision=_HI)
+  err_direct = np.max(np.abs(np.asarray(direct, np.float64) - exact))
+  err_wino = np.max(np.abs(np.asarray(wino, np.float64) - exact))
+  assert err_wino <= 2.0 * err_direct, (err_wino, err_direct)
+
+
+def test_conv_general_takes_winograd_only_where_asked_and_valid():
+  rng = np.random.default_rng(12)
+  k = _rand(rng, 3, 3, 3, 4)
+  for shape, stride, expect_winograd in [((1, 8, 8, 3), (1, 1), True),
+                                         ((1, 7, 8, 3), (1, 1), False),
+                                         ((1, 8, 8, 3), (2, 2), False)]:
+    x = _rand(rng, *shape)
+    want = jax.lax.conv_general_dilated(x, k, stride, ((1, 1), (1, 1)),
+                                        dimension_numbers=_DN)
+    off = autoencoder.conv_general(x, k, stride, ((1, 1), (1, 1)),
+                                   dimension_numbers=_DN)
+    on = autoencoder.conv_general(x, k, stride, ((1, 1), (1, 1)),
+                                  dimension_numbers=_DN, winograd=True)
+    np.testing.assert_array_equal(off, want)
+    if expect_winograd:
+      np.testing.assert_array_equal(
+          on, autoencoder._conv3x3_winograd(x, k))
+      np.testing.assert_allclose(on, want, atol=1e-5)
+    else:
+      np.testing.assert_array_equal(on, want)
+
+
+def test_winograd_autoencoder_has_the_same_parameters_and_outputs():
+  x = _rand(np.random.default_rng(13), 2, 32, 32, 3)
+  kw = dict(channels=(8, 16), latent_dim=16, num_res_layers=2,
+            bottleneck_kind='identity')
+  direct = autoencoder.Autoencoder(**kw)
+  wino = autoencoder.Autoencoder(winograd=True, **kw)
+  v = direct.init(jax.random.PRNGKey(0), x, train=False)
+  jax.tree.map(np.testing.assert_array_equal, v,
+               wino.init(jax.random.PRNGKey(0), x, train=False))
+  np.testing.assert_allclose(wino.apply(v, x, train=False)[0],
+                             direct.apply(v, x, train=False)[0], atol=1e-5)
 
 
 def test_encoder_is_the_plain_flax_encoder():
@@ -84,7 +161,7 @@ def test_encoder_is_the_plain_flax_encoder():
       for c in (8, 16):
         x = nn.leaky_relu(nn.Conv(
             c, (4, 4), strides=2, padding=1,
-            conv_general_dilated=autoencoder.conv_s2_general)(x))
+            conv_general_dilated=autoencoder.conv_general)(x))
       return x
 
   x = _rand(np.random.default_rng(9), 2, 16, 16, 3)

@@ -72,6 +72,7 @@ def test_train_and_evaluate_writes_outputs_and_resumes(tmp_path):
     ('optimizer.schedule', 'linear', 'config.optimizer.schedule'),
     ('dataset.name', 'imagenet', 'config.dataset.name'),
     ('compute_dtype', 'float16', 'config.compute_dtype'),
+    ('model.conv_algorithm', 'fft', 'config.model.conv_algorithm'),
 ])
 def test_invalid_configs_fail_before_compute_naming_the_key(
     tmp_path, key, value, match):
@@ -79,6 +80,18 @@ def test_invalid_configs_fail_before_compute_naming_the_key(
   with pytest.raises(ValueError, match=match.replace('.', r'\.')):
     train.train_and_evaluate(config, str(tmp_path / 'bad'))
   assert not os.path.exists(tmp_path / 'bad')  # nothing was started
+
+
+@pytest.mark.parametrize('algorithm,dtype,expected', [
+    ('auto', 'float32', True), ('auto', 'bfloat16', False),
+    ('direct', 'float32', False), ('winograd', 'bfloat16', True)])
+def test_conv_algorithm_resolution(algorithm, dtype, expected):
+  """'auto' is Winograd on the CPU backend (these tests') in float32 only."""
+  config = tiny_config()
+  config.model.conv_algorithm = algorithm
+  config.compute_dtype = dtype
+  assert train.uses_winograd(config) is expected
+  assert train.create_model(config).winograd is expected
 
 
 def test_q_bounded_by_global_dim():

@@ -17,8 +17,10 @@ def _rand(rng, *shape):
   return jnp.asarray(rng.normal(size=shape), jnp.float32)
 
 
-@pytest.mark.parametrize('h,cin,cout', [(4, 3, 5), (8, 6, 3), (5, 2, 4)])
-def test_subpixel_conv_transpose_matches_dilated_conv(h, cin, cout):
+@pytest.mark.parametrize('h,cin,cout,winograd', [
+    (4, 3, 5, False), (8, 6, 3, False), (5, 2, 4, False),
+    (4, 32, 8, True), (5, 40, 9, True)])
+def test_subpixel_conv_transpose_matches_dilated_conv(h, cin, cout, winograd):
   rng = np.random.default_rng(0)
   x, w = _rand(rng, 2, h, h + 1, cin), _rand(rng, 4, 4, cin, cout)
   g = _rand(rng, 2, 2 * h, 2 * h + 2, cout)
@@ -28,17 +30,22 @@ def test_subpixel_conv_transpose_matches_dilated_conv(h, cin, cout):
                                   dimension_numbers=_DN, precision=_HI)
 
   def fast(x, w):
-    return autoencoder._conv_t_subpixel(x, w, precision=_HI)
+    return autoencoder._conv_t_subpixel(x, w, winograd=winograd,
+                                        precision=_HI)
 
-  np.testing.assert_allclose(fast(x, w), plain(x, w), atol=1e-5)
+  # Winograd: float32 rounding relative to the output's scale.
+  tol = 2e-6 * float(jnp.max(jnp.abs(plain(x, w)))) if winograd else 1e-5
+  np.testing.assert_allclose(fast(x, w), plain(x, w), atol=tol)
   for f_grad, p_grad in zip(
       jax.grad(lambda x, w: jnp.sum(fast(x, w) * g), argnums=(0, 1))(x, w),
       jax.grad(lambda x, w: jnp.sum(plain(x, w) * g), argnums=(0, 1))(x, w)):
-    np.testing.assert_allclose(f_grad, p_grad, atol=1e-4)
+    tol = 2e-6 * float(jnp.max(jnp.abs(p_grad))) if winograd else 1e-4
+    np.testing.assert_allclose(f_grad, p_grad, atol=tol)
 
 
-@pytest.mark.parametrize('h,cin,cout', [(8, 3, 5), (6, 4, 2)])
-def test_space_to_depth_conv_matches_strided_conv(h, cin, cout):
+@pytest.mark.parametrize('h,cin,cout,winograd', [
+    (8, 3, 5, False), (6, 4, 2, False), (8, 8, 32, True), (6, 9, 33, True)])
+def test_space_to_depth_conv_matches_strided_conv(h, cin, cout, winograd):
   rng = np.random.default_rng(7)
   x, w = _rand(rng, 2, h, h + 2, cin), _rand(rng, 4, 4, cin, cout)
   g = _rand(rng, 2, h // 2, h // 2 + 1, cout)
@@ -49,13 +56,17 @@ def test_space_to_depth_conv_matches_strided_conv(h, cin, cout):
 
   def fast(x, w):
     return autoencoder.conv_general(x, w, (2, 2), ((1, 1), (1, 1)),
-                                       dimension_numbers=_DN, precision=_HI)
+                                    dimension_numbers=_DN, precision=_HI,
+                                    winograd=winograd)
 
-  np.testing.assert_allclose(fast(x, w), plain(x, w), atol=1e-5)
+  # Winograd: float32 rounding relative to the output's scale.
+  tol = 2e-6 * float(jnp.max(jnp.abs(plain(x, w)))) if winograd else 1e-5
+  np.testing.assert_allclose(fast(x, w), plain(x, w), atol=tol)
   for f_grad, p_grad in zip(
       jax.grad(lambda x, w: jnp.sum(fast(x, w) * g), argnums=(0, 1))(x, w),
       jax.grad(lambda x, w: jnp.sum(plain(x, w) * g), argnums=(0, 1))(x, w)):
-    np.testing.assert_allclose(f_grad, p_grad, atol=1e-4)
+    tol = 2e-6 * float(jnp.max(jnp.abs(p_grad))) if winograd else 1e-4
+    np.testing.assert_allclose(f_grad, p_grad, atol=tol)
 
 
 def test_space_to_depth_conv_passes_other_convs_through():
@@ -92,9 +103,35 @@ def test_winograd_conv_matches_direct_conv(b, h, w, cin, cout):
                                atol=2e-6 * float(jnp.max(jnp.abs(p_grad))))
 
 
+@pytest.mark.parametrize('h,w,cin,cout', [(9, 9, 32, 40), (6, 11, 48, 32),
+                                           (2, 3, 32, 32)])
+def test_winograd_2x2_conv_matches_direct_conv(h, w, cin, cout):
+  """F(2x2, 2x2) on even and odd output sizes (odd: padded and cropped)."""
+  rng = np.random.default_rng(14)
+  x, k = _rand(rng, 2, h, w, cin), _rand(rng, 2, 2, cin, cout)
+  g = _rand(rng, 2, h - 1, w - 1, cout)
+
+  def plain(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), 'VALID',
+                                        dimension_numbers=_DN, precision=_HI)
+
+  def fast(x, k):
+    return autoencoder._conv2x2_valid(x, k, winograd=True, precision=_HI)
+
+  assert min(cin, cout) >= autoencoder._WINOGRAD_MIN_CHANNELS  # taken
+  scale = float(jnp.max(jnp.abs(plain(x, k))))
+  np.testing.assert_allclose(fast(x, k), plain(x, k), atol=2e-6 * scale)
+  for f_grad, p_grad in zip(
+      jax.grad(lambda x, k: jnp.sum(fast(x, k) * g), argnums=(0, 1))(x, k),
+      jax.grad(lambda x, k: jnp.sum(plain(x, k) * g), argnums=(0, 1))(x, k)):
+    np.testing.assert_allclose(f_grad, p_grad,
+                               atol=2e-6 * float(jnp.max(jnp.abs(p_grad))))
+
+
 def test_winograd_rounding_is_that_of_the_direct_conv():
   """At the model's shape (16x16, 256 channels), float32 Winograd's error
-  against a float64 conv is within 2x the direct float32 conv's."""
+  against a float64 conv is within 2x the direct float32 conv's, for the
+  3x3 F(2x2, 3x3) and the 2x2 F(2x2, 2x2) (here with an odd output)."""
   rng = np.random.default_rng(11)
   x = rng.normal(size=(2, 16, 16, 256))
   k = rng.normal(size=(3, 3, 256, 256)) / 48.0
@@ -105,6 +142,18 @@ def test_winograd_rounding_is_that_of_the_direct_conv():
   direct = jax.lax.conv_general_dilated(x32, k32, (1, 1), [(1, 1), (1, 1)],
                                         dimension_numbers=_DN, precision=_HI)
   wino = autoencoder._conv3x3_winograd(x32, k32, precision=_HI)
+  err_direct = np.max(np.abs(np.asarray(direct, np.float64) - exact))
+  err_wino = np.max(np.abs(np.asarray(wino, np.float64) - exact))
+  assert err_wino <= 2.0 * err_direct, (err_wino, err_direct)
+
+  # F(2x2, 2x2): the decoder's sub-pixel conv (17x17 outputs, odd).
+  k2 = rng.normal(size=(2, 2, 256, 256)) / 32.0
+  exact = sum(np.einsum('bhwc,co->bhwo', x[:, a:a + 15, c:c + 15], k2[a, c])
+              for a in range(2) for c in range(2))
+  k2 = jnp.asarray(k2, jnp.float32)
+  direct = jax.lax.conv_general_dilated(x32, k2, (1, 1), 'VALID',
+                                        dimension_numbers=_DN, precision=_HI)
+  wino = autoencoder._conv2x2_valid(x32, k2, winograd=True, precision=_HI)
   err_direct = np.max(np.abs(np.asarray(direct, np.float64) - exact))
   err_wino = np.max(np.abs(np.asarray(wino, np.float64) - exact))
   assert err_wino <= 2.0 * err_direct, (err_wino, err_direct)

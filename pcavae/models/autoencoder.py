@@ -64,64 +64,108 @@ def _depth_to_space(x: Array) -> Array:
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
 
-def _conv_s2_s2d(x: Array, kernel: Array, *, precision=None) -> Array:
+def _conv_s2_s2d(x: Array, kernel: Array, *, winograd: bool = False,
+                 precision=None) -> Array:
   """4x4 stride-2 conv with padding 1 as a 2x2 stride-1 conv after a
   space-to-depth: `pad(x, 1)` of `(2h + 2)` rows becomes `h + 1` rows of 2x2
   pixel blocks, and tap `(2a + dy, 2b + dx)` of the 4x4 kernel is tap `(a, b)`
   of the 2x2 kernel on block channel `(dy, dx)`. The same sums, no strides,
-  so the backward pass needs no dilated (mostly zero) convolutions."""
+  so the backward pass needs no dilated (mostly zero) convolutions. With
+  `winograd`, the 2x2 conv by F(2x2, 2x2) (`_conv2x2_valid`)."""
   kh, kw, cin, cout = kernel.shape
   assert (kh, kw) == (4, 4), kernel.shape
   x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   k2 = kernel.reshape(2, 2, 2, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5)
   k2 = k2.reshape(2, 2, 4 * cin, cout)
-  return jax.lax.conv_general_dilated(
-      _space_to_depth(x), k2, (1, 1), 'VALID', dimension_numbers=_DN,
-      precision=precision)
+  return _conv2x2_valid(_space_to_depth(x), k2, winograd=winograd,
+                        precision=precision)
 
 
-def _winograd_bt(d):
-  """`B^T d` of Winograd F(2, 3) along a list of 4 input taps."""
-  return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+# Winograd minimal filtering F(m, r) (Lavin & Gray, 2016): an r-tap filter
+# on m outputs from m + r - 1 inputs with m + r - 1 products, as
+# y = A^T [(G g) . (B^T d)]. The transforms below are these matrices; every
+# entry is 0, +-1 or 1/2, so the float32 rounding stays that of the direct
+# sums (tests/test_perf_equivalence.py).
+_F23 = (((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),   # B^T
+        ((1, 0, 0), (.5, .5, .5), (.5, -.5, .5), (0, 0, 1)),            # G
+        ((1, 1, 1, 0), (0, 1, -1, -1)))                                 # A^T
+_F22 = (((1, -1, 0), (0, 1, 0), (0, -1, 1)),
+        ((1, 0), (1, 1), (0, 1)),
+        ((1, 1, 0), (0, 1, 1)))
 
 
-def _winograd_g(g):
-  """`G g` of F(2, 3): 3 kernel taps -> 4."""
-  return [g[0], 0.5 * (g[0] + g[1] + g[2]), 0.5 * (g[0] - g[1] + g[2]), g[2]]
+def _combine(matrix, xs):
+  """`[sum_j matrix[i][j] xs[j] for i]`, skipping zero terms."""
+  out = []
+  for row in matrix:
+    acc = None
+    for coef, v in zip(row, xs):
+      if coef == 0:
+        continue
+      term = v if coef == 1 else -v if coef == -1 else coef * v
+      acc = term if acc is None else acc + term
+    out.append(acc)
+  return out
 
 
-def _winograd_at(m):
-  """`A^T m` of F(2, 3): 4 products -> 2 outputs."""
-  return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+def _conv_winograd(xp: Array, kernel: Array, transforms, *,
+                   precision=None) -> Array:
+  """VALID stride-1 NHWC conv of `xp` with an r x r `kernel` by Winograd
+  F(m x m, r x r) (`transforms` = (B^T, G, A^T), e.g. `_F23`).
+
+  Each m x m output tile is `A^T [(G k G^T) . (B^T d B)] A` of its
+  (m + r - 1)^2 input tile `d`: (m + r - 1)^2 products per tile and channel
+  pair instead of (m r)^2, as that many batched products
+  `(tiles, C_in) @ (C_in, C_out)`. The same function as the direct conv in
+  exact arithmetic. Written in plain array ops, so its gradients are
+  Winograd convolutions too (transposed transforms around two batched
+  products). The output size must be a multiple of m.
+  """
+  bt, g, at = transforms
+  a, m, r = len(bt), len(at), len(g[0])
+  b, hp, wp, c = xp.shape
+  h, w = hp - r + 1, wp - r + 1
+  assert h % m == 0 and w % m == 0 and kernel.shape[:2] == (r, r), (
+      xp.shape, kernel.shape, m)
+  th, tw = h // m, w // m
+  v = []
+  for row in _combine(bt, [xp[:, u:u + h:m] for u in range(a)]):
+    v.extend(_combine(bt, [row[:, :, u:u + w:m] for u in range(a)]))
+  v = jnp.stack(v).reshape(a * a, b * th * tw, c)          # (a^2, tiles, C)
+  u = []
+  for gi in _combine(g, [kernel[i] for i in range(r)]):
+    u.extend(_combine(g, [gi[j] for j in range(r)]))
+  prod = jnp.matmul(v, jnp.stack(u), precision=precision)  # (a^2, tiles, O)
+  prod = prod.reshape(a, a, b, th, tw, prod.shape[-1])
+  y = [jnp.stack(_combine(at, [pi[j] for j in range(a)]), axis=3)
+       for pi in _combine(at, [prod[i] for i in range(a)])]  # (b,th,tw,m,O)
+  return jnp.stack(y, axis=2).reshape(b, h, w, -1)         # rows (th, m)
 
 
 def _conv3x3_winograd(x: Array, kernel: Array, *, precision=None) -> Array:
-  """3x3 stride-1 padding-1 NHWC conv by Winograd's minimal filtering
-  F(2x2, 3x3) (Lavin & Gray, 2016), for even H and W.
-
-  Every 2x2 output tile is `A^T [(G g G^T) . (B^T d B)] A` of its 4x4 input
-  tile `d`: 16 products per tile and channel pair instead of 36, as 16
-  batched matrix products `(tiles, C_in) @ (C_in, C_out)`. In exact
-  arithmetic the same function as the direct conv; in float32 it differs
-  by rounding (relative ~1e-6, tests/test_perf_equivalence.py). Written in
-  plain array ops, so its gradients are Winograd convolutions too (the
-  transposed transforms around two batched products).
-  """
-  b, h, w, c = x.shape
-  th, tw = h // 2, w // 2
+  """3x3 stride-1 padding-1 conv by F(2x2, 3x3) (even H, W): 16 products
+  per 2x2 output tile instead of 36."""
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  v = []
-  for r in _winograd_bt([xp[:, u:u + h:2] for u in range(4)]):
-    v.extend(_winograd_bt([r[:, :, u:u + w:2] for u in range(4)]))
-  v = jnp.stack(v).reshape(16, b * th * tw, c)              # (16, tiles, C)
-  u = []
-  for gi in _winograd_g([kernel[i] for i in range(3)]):
-    u.extend(_winograd_g([gi[j] for j in range(3)]))
-  m = jnp.matmul(v, jnp.stack(u), precision=precision)      # (16, tiles, O)
-  m = m.reshape(4, 4, b, th, tw, m.shape[-1])
-  y = [jnp.stack(_winograd_at([mi[j] for j in range(4)]), axis=3)
-       for mi in _winograd_at([m[i] for i in range(4)])]    # (b, th, tw, 2, O)
-  return jnp.stack(y, axis=2).reshape(b, h, w, -1)          # rows (th, 2)
+  return _conv_winograd(xp, kernel, _F23, precision=precision)
+
+
+def _conv2x2_valid(x: Array, kernel: Array, *, winograd: bool,
+                   precision=None) -> Array:
+  """VALID stride-1 2x2 conv, by F(2x2, 2x2) (9 products per 2x2 output
+  tile instead of 16) when `winograd` and both channel counts are at least
+  `_WINOGRAD_MIN_CHANNELS` (few channels: the transforms cost more than
+  they save). An odd output size is computed one larger on a zero row or
+  column and cropped."""
+  if not winograd or min(kernel.shape[2:]) < _WINOGRAD_MIN_CHANNELS:
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
+                                        dimension_numbers=_DN,
+                                        precision=precision)
+  h, w = x.shape[1] - 1, x.shape[2] - 1
+  x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+  return _conv_winograd(x, kernel, _F22, precision=precision)[:, :h, :w]
+
+
+_WINOGRAD_MIN_CHANNELS = 32
 
 
 def conv_general(lhs: Array, rhs: Array, window_strides, padding,
@@ -134,10 +178,12 @@ def conv_general(lhs: Array, rhs: Array, window_strides, padding,
   Same parameters and the same function; two NHWC configurations take a
   faster route (tests/test_perf_equivalence.py):
   - the 4x4 stride-2 padding-1 conv runs as `_conv_s2_s2d` (same sums; its
-    backward pass has no dilated convolutions);
+    backward pass has no dilated convolutions), with `winograd=True` its
+    2x2 conv by F(2x2, 2x2) (1.78x fewer multiplies);
   - with `winograd=True`, the 3x3 stride-1 padding-1 conv on even H, W runs
-    as `_conv3x3_winograd` (2.25x fewer multiplies, float32 rounding
-    differences; `config.model.conv_algorithm`).
+    as `_conv3x3_winograd` (2.25x fewer multiplies);
+  (`config.model.conv_algorithm`; Winograd differs from the direct sums by
+  float32 rounding only).
   Every other configuration goes to `lax.conv_general_dilated`.
   """
   pads = (None if isinstance(padding, str)
@@ -149,7 +195,7 @@ def conv_general(lhs: Array, rhs: Array, window_strides, padding,
             and _is_nhwc(dimension_numbers, lhs.ndim)
             and lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0)
   if simple and tuple(window_strides) == (2, 2) and rhs.shape[:2] == (4, 4):
-    return _conv_s2_s2d(lhs, rhs, precision=precision)
+    return _conv_s2_s2d(lhs, rhs, winograd=winograd, precision=precision)
   if (simple and winograd and tuple(window_strides) == (1, 1)
       and rhs.shape[:2] == (3, 3)):
     return _conv3x3_winograd(lhs, rhs, precision=precision)
@@ -166,7 +212,8 @@ def _is_nhwc(dimension_numbers, ndim: int) -> bool:
   return dn == jax.lax.conv_dimension_numbers((1,) * 4, (1,) * 4, _DN)
 
 
-def _conv_t_subpixel(x: Array, kernel: Array, *, precision=None) -> Array:
+def _conv_t_subpixel(x: Array, kernel: Array, *, winograd: bool = False,
+                     precision=None) -> Array:
   """`lax.conv_transpose(x, kernel, (2, 2), padding 2)` for a 4x4 kernel (the
   PyTorch `ConvTranspose2d(k=4, s=2, p=1)`), as one 2x2 stride-1 conv with 4x
   the output channels followed by a depth-to-space ("sub-pixel" form).
@@ -176,6 +223,7 @@ def _conv_t_subpixel(x: Array, kernel: Array, *, precision=None) -> Array:
   `y[o] = xp[n] w[1 - p] + xp[n + 1] w[3 - p]`, a 2x2 window at `n` whose
   taps depend on the phase `p`. The dilated formulation multiplies 3 zeros
   for every input value and its weight gradient is very slow on XLA:CPU.
+  With `winograd`, the 2x2 conv by F(2x2, 2x2) (`_conv2x2_valid`).
   """
   kh, kw, cin, cout = kernel.shape
   assert (kh, kw) == (4, 4), kernel.shape
@@ -183,8 +231,7 @@ def _conv_t_subpixel(x: Array, kernel: Array, *, precision=None) -> Array:
   # kernel[2a + q] with q = 1 - p: (a, q, b, r, i, o) -> (a, b, i, p, p', o).
   k2 = kernel.reshape(2, 2, 2, 2, cin, cout)[:, ::-1, :, ::-1]
   k2 = k2.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, cin, 4 * cout)
-  z = jax.lax.conv_general_dilated(xp, k2, (1, 1), 'VALID',
-                                   dimension_numbers=_DN, precision=precision)
+  z = _conv2x2_valid(xp, k2, winograd=winograd, precision=precision)
   return _depth_to_space(z)[:, 1:-1, 1:-1, :]
 
 
@@ -197,6 +244,7 @@ class SubpixelConvTranspose(nn.Module):
   features: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  winograd: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -206,7 +254,7 @@ class SubpixelConvTranspose(nn.Module):
                       self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
                                               dtype=self.dtype)
-    return _conv_t_subpixel(x, kernel) + bias
+    return _conv_t_subpixel(x, kernel, winograd=self.winograd) + bias
 
 
 def _conv_fn(winograd: bool):
@@ -231,7 +279,7 @@ class ResidualLayer(nn.Module):
 class Encoder(nn.Module):
   """Image `(B, R, R, 3)` -> latent `(B, R / 2^S, R / 2^S, D)`.
 
-  `winograd`: 3x3 convs by Winograd F(2x2, 3x3) (`conv_general`)."""
+  `winograd`: Winograd convs (`conv_general`)."""
   channels: Sequence[int] = (128, 256)
   latent_dim: int = 256
   num_res_layers: int = 6
@@ -259,7 +307,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   """Latent `(B, r, r, D)` -> image `(B, r 2^S, r 2^S, 3)` in [-1, 1].
 
-  `winograd`: 3x3 convs by Winograd F(2x2, 3x3) (`conv_general`)."""
+  `winograd`: Winograd convs (`conv_general`, `SubpixelConvTranspose`)."""
   channels: Sequence[int] = (128, 256)
   num_res_layers: int = 6
   out_channels: int = 3
@@ -278,9 +326,10 @@ class Decoder(nn.Module):
     # Named as `nn.ConvTranspose` would be auto-named: same parameter tree.
     for i, c in enumerate(chans[1:]):
       x = nn.leaky_relu(SubpixelConvTranspose(
-          c, dtype=self.dtype, name=f'ConvTranspose_{i}')(x))
+          c, dtype=self.dtype, winograd=self.winograd,
+          name=f'ConvTranspose_{i}')(x))
     x = SubpixelConvTranspose(self.out_channels, dtype=self.dtype,
-                              name='conv_out')(x)
+                              winograd=self.winograd, name='conv_out')(x)
     return jnp.tanh(x.astype(jnp.float32))
 
 
@@ -301,7 +350,8 @@ class Autoencoder(nn.Module):
     bottleneck_kind: a name from `bottlenecks.names()`.
     bottleneck_kwargs: constructor arguments of that bottleneck.
     warmup: whether the model has the AE warm-up flag (see above).
-    winograd: compute the 3x3 convs by Winograd F(2x2, 3x3) (`conv_general`).
+    winograd: compute the 3x3 and the (space-to-depth, sub-pixel) 2x2 convs
+      by Winograd's minimal filtering (`conv_general`).
   """
   channels: Sequence[int] = (128, 256)
   latent_dim: int = 256

@@ -89,9 +89,12 @@ def tune_host_allocator() -> bool:
   large blocks with `mmap` and returns them with `munmap`, so every step
   page-faults (and the kernel zeroes) hundreds of MB again: on the 2-core
   benchmark machine about 100k faults and 0.2 s of system time per train
-  step of the `spatial16` model, 6-7% of its CPU time. One arena, no `mmap`
-  and no trimming make freed blocks reusable (measured: 0-20k faults, 0.02 s).
-  The cost is that the process keeps its peak heap until it exits.
+  step of the `spatial16` model, 6-7% of its CPU time. One arena and no
+  `mmap` make freed blocks reusable. Trimming is off as well: with a 1 GiB
+  trim threshold the heap (2.4 GB at the PCA step's peak) was still
+  returned to the kernel every few steps, each time followed by ~200k
+  faults and a step 1.5 s slower. The cost is that the process keeps its
+  peak heap until it exits.
 
   Call it first thing, before JAX allocates (`pcavae.main` does). It does
   nothing when `PCAVAE_MALLOC_TUNING=0`, when the user set any glibc malloc
@@ -113,7 +116,7 @@ def tune_host_allocator() -> bool:
     m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # <malloc.h>
     ok = (libc.mallopt(m_arena_max, 1) == 1
           and libc.mallopt(m_mmap_max, 0) == 1
-          and libc.mallopt(m_trim_threshold, 1 << 30) == 1)
+          and libc.mallopt(m_trim_threshold, -1) == 1)  # never trim
   except (OSError, AttributeError):
     return False
   return bool(ok)

@@ -152,11 +152,9 @@ def _conv3x3_winograd(x: Array, kernel: Array, *, precision=None) -> Array:
 def _conv2x2_valid(x: Array, kernel: Array, *, winograd: bool,
                    precision=None) -> Array:
   """VALID stride-1 2x2 conv, by F(2x2, 2x2) (9 products per 2x2 output
-  tile instead of 16) when `winograd` and both channel counts are at least
-  `_WINOGRAD_MIN_CHANNELS` (few channels: the transforms cost more than
-  they save). An odd output size is computed one larger on a zero row or
-  column and cropped."""
-  if not winograd or min(kernel.shape[2:]) < _WINOGRAD_MIN_CHANNELS:
+  tile instead of 16) when `winograd` and `_winograd_pays(kernel)`. An odd
+  output size is computed one larger on a zero row or column and cropped."""
+  if not (winograd and _winograd_pays(kernel)):
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
                                         dimension_numbers=_DN,
                                         precision=precision)
@@ -165,7 +163,16 @@ def _conv2x2_valid(x: Array, kernel: Array, *, winograd: bool,
   return _conv_winograd(x, kernel, _F22, precision=precision)[:, :h, :w]
 
 
-_WINOGRAD_MIN_CHANNELS = 32
+def _winograd_pays(kernel: Array) -> bool:
+  """Whether both channel counts reach `_WINOGRAD_MIN_CHANNELS`. Measured
+  fwd+bwd on XLA:CPU, batch 16 (/tmp scripts, README "Speed"): at 64
+  channels Winograd is 1.2-1.5x slower than the direct conv (the transforms
+  cost more than the products they save), at 128 it is 1.1-1.2x faster, at
+  256 1.3-1.5x; and it doubles a tiny model's compile time."""
+  return min(kernel.shape[2:]) >= _WINOGRAD_MIN_CHANNELS
+
+
+_WINOGRAD_MIN_CHANNELS = 128
 
 
 def conv_general(lhs: Array, rhs: Array, window_strides, padding,
@@ -181,10 +188,11 @@ def conv_general(lhs: Array, rhs: Array, window_strides, padding,
     backward pass has no dilated convolutions), with `winograd=True` its
     2x2 conv by F(2x2, 2x2) (1.78x fewer multiplies);
   - with `winograd=True`, the 3x3 stride-1 padding-1 conv on even H, W runs
-    as `_conv3x3_winograd` (2.25x fewer multiplies);
-  (`config.model.conv_algorithm`; Winograd differs from the direct sums by
-  float32 rounding only).
-  Every other configuration goes to `lax.conv_general_dilated`.
+    as `_conv3x3_winograd` (2.25x fewer multiplies).
+  Winograd (`config.model.conv_algorithm`) is used only where
+  `_winograd_pays` (at least 128 input and output channels) and differs
+  from the direct sums by float32 rounding only. Every other configuration
+  goes to `lax.conv_general_dilated`.
   """
   pads = (None if isinstance(padding, str)
           else tuple(tuple(p) for p in padding))
@@ -197,7 +205,7 @@ def conv_general(lhs: Array, rhs: Array, window_strides, padding,
   if simple and tuple(window_strides) == (2, 2) and rhs.shape[:2] == (4, 4):
     return _conv_s2_s2d(lhs, rhs, winograd=winograd, precision=precision)
   if (simple and winograd and tuple(window_strides) == (1, 1)
-      and rhs.shape[:2] == (3, 3)):
+      and rhs.shape[:2] == (3, 3) and _winograd_pays(rhs)):
     return _conv3x3_winograd(lhs, rhs, precision=precision)
   return jax.lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,

@@ -67,8 +67,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.channels = (128, 256)      # one 4x4 stride-2 stage per entry
   c.model.latent_dim = 256           # D
   c.model.num_res_layers = 6
-  # 3x3 convs: 'winograd' (F(2x2, 3x3), 2.25x fewer multiplies), 'direct'
-  # (lax.conv), or 'auto': winograd on CPU in float32, direct elsewhere.
+  # Convs with >= 128 channels: 'winograd' (3x3 by F(2x2, 3x3), the 2x2 of
+  # the strided/transposed convs by F(2x2, 2x2)), 'direct' (lax.conv), or
+  # 'auto': winograd on CPU in float32, direct elsewhere (README "Speed").
   c.model.conv_algorithm = 'auto'
   c.model.bottleneck = ml_collections.ConfigDict({'kind': 'identity'})
 

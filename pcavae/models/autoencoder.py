@@ -84,8 +84,8 @@ def _conv_s2_s2d(x: Array, kernel: Array, *, winograd: bool = False,
 # Winograd minimal filtering F(m, r) (Lavin & Gray, 2016): an r-tap filter
 # on m outputs from m + r - 1 inputs with m + r - 1 products, as
 # y = A^T [(G g) . (B^T d)]. The transforms below are these matrices; every
-# entry is 0, +-1 or 1/2, so the float32 rounding stays that of the direct
-# sums (tests/test_perf_equivalence.py).
+# entry is 0, +-1 or 1/2, so the float32 rounding stays within 2x of the
+# direct sums' (tests/test_perf_equivalence.py).
 _F23 = (((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),   # B^T
         ((1, 0, 0), (.5, .5, .5), (.5, -.5, .5), (0, 0, 1)),            # G
         ((1, 1, 1, 0), (0, 1, -1, -1)))                                 # A^T
@@ -165,7 +165,7 @@ def _conv2x2_valid(x: Array, kernel: Array, *, winograd: bool,
 
 def _winograd_pays(kernel: Array) -> bool:
   """Whether both channel counts reach `_WINOGRAD_MIN_CHANNELS`. Measured
-  fwd+bwd on XLA:CPU, batch 16 (/tmp scripts, README "Speed"): at 64
+  fwd+bwd on XLA:CPU (2-core AVX-512 EPYC), batch 16, 8-32 px: at 64
   channels Winograd is 1.2-1.5x slower than the direct conv (the transforms
   cost more than the products they save), at 128 it is 1.1-1.2x faster, at
   256 1.3-1.5x; and it doubles a tiny model's compile time."""

@@ -284,13 +284,26 @@ def flatten(tree: Any, prefix: str = '') -> Dict[str, Any]:
   return out
 
 
+# Keys added after runs were made, with the value that reproduces what those
+# runs did (or computes the same function): a saved config without the key
+# matches a new one holding this value.
+ADDED_KEY_DEFAULTS = {
+    'model.conv_algorithm': 'auto',   # Winograd: the same convs to rounding
+}
+
+
 def differences(saved: Any, new: Any, ignore=RESUMABLE_KEYS):
-  """`[(key, saved value, new value)]` for keys that differ, minus `ignore`."""
+  """`[(key, saved value, new value)]` for keys that differ, minus `ignore`
+  and minus keys of `ADDED_KEY_DEFAULTS` absent from `saved` and at their
+  default in `new`."""
   a, b = flatten(saved), flatten(new)
   out = []
   for key in sorted(set(a) | set(b)):
     if any(key == i or (i.endswith('.') and key.startswith(i))
            for i in ignore):
+      continue
+    if (key not in a and key in ADDED_KEY_DEFAULTS
+        and b.get(key) == ADDED_KEY_DEFAULTS[key]):
       continue
     if a.get(key, '<absent>') != b.get(key, '<absent>'):
       out.append((key, a.get(key, '<absent>'), b.get(key, '<absent>')))

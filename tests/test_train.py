@@ -94,6 +94,18 @@ def test_conv_algorithm_resolution(algorithm, dtype, expected):
   assert train.create_model(config).winograd is expected
 
 
+def test_config_saved_before_a_key_existed_still_matches():
+  """A run saved before `model.conv_algorithm` existed resumes at its
+  default without --config_mismatch=allow; another value is a difference."""
+  config = tiny_config()
+  saved = json.loads(json.dumps(config.to_dict(), default=str))
+  del saved['model']['conv_algorithm']
+  assert configlib.differences(saved, config) == []
+  config.model.conv_algorithm = 'direct'
+  assert configlib.differences(saved, config) == [
+      ('model.conv_algorithm', '<absent>', 'direct')]
+
+
 def test_q_bounded_by_global_dim():
   config = tiny_config(arg='setting=global,runlocal')
   config.model.bottleneck.num_components = 65

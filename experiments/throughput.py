@@ -97,9 +97,8 @@ def build_train(res, dtype, kind, batch):
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   shardings = sharding.state_shardings(abstract, mesh)
   state = train.initialize(init_fn, jax.random.PRNGKey(0), shardings)
-  step_fn = jax.jit(train.make_train_step(model, tx, schedule, config),
-                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                    donate_argnums=(0,))
+  step_fn = train.jit_train_step(model, tx, schedule, config, mesh,
+                                 shardings)
   batch_np = np.random.default_rng(0).uniform(
       -1, 1, (batch, res, res, 3)).astype(np.float32)
   x = jax.device_put(batch_np, sharding.batch_sharding(mesh))

@@ -148,6 +148,18 @@ def _tree_norm(tree: Any) -> jax.Array:
                       for x in jax.tree.leaves(tree)))
 
 
+def jit_train_step(model, tx, schedule, config: ml_collections.ConfigDict,
+                   mesh, state_sharding):
+  """The jitted, state-donating train step with the state's shardings
+  pinned on input and output (unpinned, XLA may shard a replicated PCA basis
+  on the way out, and the next call then rejects it)."""
+  return jax.jit(
+      make_train_step(model, tx, schedule, config),
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+
+
 def make_train_step(model, tx, schedule, config) -> Callable:
   """`(state, batch) -> (state, measurements)`; pure, to be jitted."""
   rec_loss_fn = losses.RECONSTRUCTION[config.loss.reconstruction]
@@ -363,7 +375,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                    collections_of)
   spectra = evaluators.Spectra(model, config, mesh, workdir, collections_of)
 
-  replicated = sharding.replicated(mesh)
   abstract_state = jax.eval_shape(init_fn, rng)
   state_sharding = sharding.state_shardings(abstract_state, mesh)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -389,10 +400,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       n_params = sum(x.size for x in jax.tree.leaves(state['params']))
       writer.write_scalars(0, {'num_params': n_params})
 
-  train_step = jax.jit(
-      make_train_step(model, tx, schedule, config),
-      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-      out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  train_step = jit_train_step(model, tx, schedule, config, mesh,
+                              state_sharding)
   # AE warm-up: a one-off host-side switch at step N (pcavae/warmup.py).
   switch = (warmup.Switch(model, config, mesh, state_sharding, collections_of)
             if warmup.enabled(config) else None)

@@ -9,6 +9,7 @@ bit: after 5 Adam steps the largest difference measured was 1.6e-7 absolute
 (1.3e-6 relative); the tests allow 1e-5 absolute.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -101,3 +102,24 @@ def test_two_processes_on_loopback_match_one_process(tmp_path):
   with open(multi / 'metrics.jsonl') as f:
     steps = [line for line in f if '"loss"' in line]
   assert len(steps) == 5
+
+
+def test_throughput_benchmark_runs_on_several_devices(tmp_path):
+  """experiments/throughput.py (spatial16) on 2 forced devices: the step keeps
+  the state's shardings from call to call (its own jit once returned the PCA
+  basis sharded, and the second call rejected it)."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'throughput.py'),
+       '--sizes=64', '--kinds=pca,identity', '--steps=2', '--rounds=1',
+       f'--out={tmp_path}'],
+      env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  with open(tmp_path / 'throughput.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  trains = {r['measurement']: r for r in records
+            if r['measurement'].startswith('train/')}
+  assert set(trains) == {'train/pca', 'train/identity'}
+  assert all(r['num_devices'] == 2 and r['steps_timed'] == 2
+             and r['step_ms'] > 0 for r in trains.values())
+  assert (tmp_path / 'throughput.md').exists()

@@ -17,6 +17,20 @@ def _rand(rng, *shape):
   return jnp.asarray(rng.normal(size=shape), jnp.float32)
 
 
+def _assert_same_conv(fast, plain, x, w, g, rel=None):
+  """`fast(x, w)` equals `plain(x, w)` in value and in both gradients (of
+  `sum(out * g)`): to `rel` times each array's largest magnitude (Winograd's
+  float32 rounding), or else to 1e-5 (values) and 1e-4 (gradients)."""
+  want = plain(x, w)
+  tol = 1e-5 if rel is None else rel * float(jnp.max(jnp.abs(want)))
+  np.testing.assert_allclose(fast(x, w), want, atol=tol)
+  for f_grad, p_grad in zip(
+      jax.grad(lambda x, w: jnp.sum(fast(x, w) * g), argnums=(0, 1))(x, w),
+      jax.grad(lambda x, w: jnp.sum(plain(x, w) * g), argnums=(0, 1))(x, w)):
+    tol = 1e-4 if rel is None else rel * float(jnp.max(jnp.abs(p_grad)))
+    np.testing.assert_allclose(f_grad, p_grad, atol=tol)
+
+
 @pytest.mark.parametrize('h,cin,cout,winograd', [
     (4, 3, 5, False), (8, 6, 3, False), (5, 2, 4, False),
     (4, 128, 32, True), (5, 130, 33, True)])
@@ -33,14 +47,7 @@ def test_subpixel_conv_transpose_matches_dilated_conv(h, cin, cout, winograd):
     return autoencoder._conv_t_subpixel(x, w, winograd=winograd,
                                         precision=_HI)
 
-  # Winograd: float32 rounding relative to the output's scale.
-  tol = 2e-6 * float(jnp.max(jnp.abs(plain(x, w)))) if winograd else 1e-5
-  np.testing.assert_allclose(fast(x, w), plain(x, w), atol=tol)
-  for f_grad, p_grad in zip(
-      jax.grad(lambda x, w: jnp.sum(fast(x, w) * g), argnums=(0, 1))(x, w),
-      jax.grad(lambda x, w: jnp.sum(plain(x, w) * g), argnums=(0, 1))(x, w)):
-    tol = 2e-6 * float(jnp.max(jnp.abs(p_grad))) if winograd else 1e-4
-    np.testing.assert_allclose(f_grad, p_grad, atol=tol)
+  _assert_same_conv(fast, plain, x, w, g, rel=2e-6 if winograd else None)
 
 
 @pytest.mark.parametrize('h,cin,cout,winograd', [
@@ -60,21 +67,14 @@ def test_space_to_depth_conv_matches_strided_conv(h, cin, cout, winograd):
                                     dimension_numbers=_DN, precision=_HI,
                                     winograd=winograd)
 
-  # Winograd: float32 rounding relative to the output's scale.
-  tol = 2e-6 * float(jnp.max(jnp.abs(plain(x, w)))) if winograd else 1e-5
-  np.testing.assert_allclose(fast(x, w), plain(x, w), atol=tol)
-  for f_grad, p_grad in zip(
-      jax.grad(lambda x, w: jnp.sum(fast(x, w) * g), argnums=(0, 1))(x, w),
-      jax.grad(lambda x, w: jnp.sum(plain(x, w) * g), argnums=(0, 1))(x, w)):
-    tol = 2e-6 * float(jnp.max(jnp.abs(p_grad))) if winograd else 1e-4
-    np.testing.assert_allclose(f_grad, p_grad, atol=tol)
+  _assert_same_conv(fast, plain, x, w, g, rel=2e-6 if winograd else None)
 
 
 def test_space_to_depth_conv_passes_other_convs_through():
   rng = np.random.default_rng(8)
   x, w = _rand(rng, 1, 7, 7, 3), _rand(rng, 3, 3, 3, 4)
   got = autoencoder.conv_general(x, w, (2, 2), ((1, 1), (1, 1)),
-                                    dimension_numbers=_DN)
+                                 dimension_numbers=_DN)
   want = jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
                                       dimension_numbers=_DN)
   np.testing.assert_array_equal(got, want)
@@ -95,13 +95,7 @@ def test_winograd_conv_matches_direct_conv(b, h, w, cin, cout):
   def fast(x, k):
     return autoencoder._conv3x3_winograd(x, k, precision=_HI)
 
-  scale = float(jnp.max(jnp.abs(plain(x, k))))
-  np.testing.assert_allclose(fast(x, k), plain(x, k), atol=2e-6 * scale)
-  for f_grad, p_grad in zip(
-      jax.grad(lambda x, k: jnp.sum(fast(x, k) * g), argnums=(0, 1))(x, k),
-      jax.grad(lambda x, k: jnp.sum(plain(x, k) * g), argnums=(0, 1))(x, k)):
-    np.testing.assert_allclose(f_grad, p_grad,
-                               atol=2e-6 * float(jnp.max(jnp.abs(p_grad))))
+  _assert_same_conv(fast, plain, x, k, g, rel=2e-6)
 
 
 @pytest.mark.parametrize('h,w,cin,cout', [(9, 9, 128, 130), (6, 11, 136, 128),
@@ -120,13 +114,7 @@ def test_winograd_2x2_conv_matches_direct_conv(h, w, cin, cout):
     return autoencoder._conv2x2_valid(x, k, winograd=True, precision=_HI)
 
   assert autoencoder._winograd_pays(k)  # the Winograd path is taken
-  scale = float(jnp.max(jnp.abs(plain(x, k))))
-  np.testing.assert_allclose(fast(x, k), plain(x, k), atol=2e-6 * scale)
-  for f_grad, p_grad in zip(
-      jax.grad(lambda x, k: jnp.sum(fast(x, k) * g), argnums=(0, 1))(x, k),
-      jax.grad(lambda x, k: jnp.sum(plain(x, k) * g), argnums=(0, 1))(x, k)):
-    np.testing.assert_allclose(f_grad, p_grad,
-                               atol=2e-6 * float(jnp.max(jnp.abs(p_grad))))
+  _assert_same_conv(fast, plain, x, k, g, rel=2e-6)
 
 
 def test_winograd_rounding_is_that_of_the_direct_conv():
@@ -143,9 +131,7 @@ def test_winograd_rounding_is_that_of_the_direct_conv():
   direct = jax.lax.conv_general_dilated(x32, k32, (1, 1), [(1, 1), (1, 1)],
                                         dimension_numbers=_DN, precision=_HI)
   wino = autoencoder._conv3x3_winograd(x32, k32, precision=_HI)
-  err_direct = np.max(np.abs(np.asarray(direct, np.float64) - exact))
-  err_wino = np.max(np.abs(np.asarray(wino, np.float64) - exact))
-  assert err_wino <= 2.0 * err_direct, (err_wino, err_direct)
+  _assert_error_within_twice_direct(wino, direct, exact)
 
   # F(2x2, 2x2): the decoder's sub-pixel conv (17x17 outputs, odd).
   k2 = rng.normal(size=(2, 2, 256, 256)) / 32.0
@@ -155,6 +141,10 @@ def test_winograd_rounding_is_that_of_the_direct_conv():
   direct = jax.lax.conv_general_dilated(x32, k2, (1, 1), 'VALID',
                                         dimension_numbers=_DN, precision=_HI)
   wino = autoencoder._conv2x2_valid(x32, k2, winograd=True, precision=_HI)
+  _assert_error_within_twice_direct(wino, direct, exact)
+
+
+def _assert_error_within_twice_direct(wino, direct, exact):
   err_direct = np.max(np.abs(np.asarray(direct, np.float64) - exact))
   err_wino = np.max(np.abs(np.asarray(wino, np.float64) - exact))
   assert err_wino <= 2.0 * err_direct, (err_wino, err_direct)

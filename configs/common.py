@@ -120,6 +120,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                       # -1: every device (/ fsdp)
   c.mesh.fsdp = 1                        # >1: shard params + opt state
+  # A `spatial` PCA's state and work split by latent location over the
+  # devices (False: replicated, every device repeats the whole PCA update).
+  c.mesh.pca_locations = True
   return c
 
 

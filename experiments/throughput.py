@@ -53,16 +53,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(res: int, dtype: str, spec: str, batch: int):
-  """`spec` is a bottleneck kind, optionally `kind:conv_algorithm`."""
+  """`spec` is a bottleneck kind, optionally followed by `:conv_algorithm`
+  (`config.model.conv_algorithm`) and/or `:replicated` (a spatial PCA's
+  state replicated over the devices, `config.mesh.pca_locations=False`)."""
   from pcavae import configlib  # pylint: disable=g-import-not-at-top
   c = configlib.load(os.path.join(ROOT, 'configs', 'pcavae.py') +
                      ':setting=spatial16')
   c.resolution = res
   c.batch_size = batch
   c.compute_dtype = dtype
-  kind, _, algorithm = spec.partition(':')
-  if algorithm:
-    c.model.conv_algorithm = algorithm
+  kind, *options = spec.split(':')
+  for option in options:
+    if option == 'replicated':
+      c.mesh.pca_locations = False
+    else:
+      c.model.conv_algorithm = option
   if kind == 'identity':
     c.model.bottleneck = {'kind': 'identity'}
   elif kind == 'vq':
@@ -91,11 +96,11 @@ def build_train(res, dtype, kind, batch):
   from pcavae import sharding, train  # pylint: disable=g-import-not-at-top
   config = _config(res, dtype, kind, batch)
   mesh = sharding.make_mesh(config)
-  model = train.create_model(config)
+  model = train.create_model(config, mesh)
   tx, schedule = train.make_optimizer(config)
   init_fn = train.make_init_fn(model, tx, config)
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  shardings = sharding.state_shardings(abstract, mesh)
+  shardings = sharding.state_shardings(abstract, mesh, config)
   state = train.initialize(init_fn, jax.random.PRNGKey(0), shardings)
   step_fn = train.jit_train_step(model, tx, schedule, config, mesh,
                                  shardings)
@@ -120,6 +125,8 @@ def build_train(res, dtype, kind, batch):
   for _ in range(2):  # warm-up
     jax.block_until_ready(one())
   return {'step': one, 'compile_s': compile_s, 'flops': flops,
+          'pca_split_by_location':
+              sharding.pca_location_sharding(config, mesh) is not None,
           'holder': holder, 'model': model, 'x': x, 'config': config}
 
 
@@ -190,7 +197,9 @@ def main(argv=None):
                  help='Interleave the bottlenecks in this many rounds.')
   p.add_argument('--kinds', default='pca,vq,identity',
                  help='Bottleneck kinds; `kind:direct` or `kind:winograd` '
-                 'sets config.model.conv_algorithm for that entry.')
+                 'sets config.model.conv_algorithm for that entry, '
+                 '`pca:replicated` replicates the PCA state over the '
+                 'devices instead of splitting it by location.')
   p.add_argument('--peak_tflops', type=float, default=0.0,
                  help='Peak dense TFLOP/s of the chip for MFU (e.g. 989 for '
                  'an H100 SXM in bf16); 0 skips MFU.')
@@ -230,6 +239,7 @@ def main(argv=None):
         times[kind] = med
         rec = {'measurement': f'train/{kind}', 'resolution': res,
                'winograd': train.uses_winograd(r['config']),
+               'pca_split_by_location': r['pca_split_by_location'],
                'dtype': dtype, 'batch': args.batch,
                'step_ms': 1e3 * med, 'images_per_s': args.batch / med,
                'step_ms_min': 1e3 * min(wall[kind]),
@@ -254,8 +264,9 @@ def main(argv=None):
                      'dtype': dtype}, **m))
       for kind in kinds:
         # Against the identity with the same conv algorithm.
-        name, sep, algorithm = kind.partition(':')
-        base = 'identity' + sep + algorithm
+        name, *options = kind.split(':')
+        base = ':'.join(['identity'] + [o for o in options
+                                        if o != 'replicated'])
         if name != 'identity' and base in times:
           emit({'measurement': f'bottleneck_share/{kind}', 'resolution': res,
                 'dtype': dtype,

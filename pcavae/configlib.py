@@ -87,7 +87,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   kind = config.model.bottleneck.get('kind')
   cls = bottlenecks.get(kind)  # names the key on an unknown kind
-  fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+  # sample_sharding comes from the mesh (train.create_model), not a config.
+  fields = ({f.name for f in dataclasses.fields(cls)}
+            - {'parent', 'name', 'sample_sharding'})
   for key in bottleneck_kwargs(config):
     if key not in fields:
       raise ValueError(f'config.model.bottleneck.{key} is not an argument of '

@@ -22,7 +22,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
 import jax
@@ -47,13 +47,23 @@ State = Dict[str, Any]
 CONFIG_FILE = 'config.json'
 
 
-def create_model(config: ml_collections.ConfigDict) -> autoencoder.Autoencoder:
+def create_model(config: ml_collections.ConfigDict,
+                 mesh: Optional[jax.sharding.Mesh] = None
+                 ) -> autoencoder.Autoencoder:
+  """The model of `config`; with the `mesh` it will run on, a `spatial` PCA
+  works on its own locations per device (`sharding.pca_location_sharding`;
+  the state must then be placed by `sharding.state_shardings(..., config)`)."""
+  kwargs = configlib.bottleneck_kwargs(config)
+  locations = (sharding.pca_location_sharding(config, mesh)
+               if mesh is not None else None)
+  if locations is not None:
+    kwargs['sample_sharding'] = locations
   return autoencoder.Autoencoder(
       channels=tuple(config.model.channels),
       latent_dim=config.model.latent_dim,
       num_res_layers=config.model.num_res_layers,
       bottleneck_kind=config.model.bottleneck.kind,
-      bottleneck_kwargs=configlib.bottleneck_kwargs(config),
+      bottleneck_kwargs=kwargs,
       dtype=jnp.dtype(config.compute_dtype),
       warmup=warmup.enabled(config),
       winograd=uses_winograd(config))
@@ -366,7 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                config.dataset.name, len(splits.train), len(splits.eval),
                config.resolution)
 
-  model = create_model(config)
+  model = create_model(config, mesh)
   tx, schedule = make_optimizer(config)
   init_fn = make_init_fn(model, tx, config)
   rng = jax.random.PRNGKey(config.seed)
@@ -376,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   spectra = evaluators.Spectra(model, config, mesh, workdir, collections_of)
 
   abstract_state = jax.eval_shape(init_fn, rng)
-  state_sharding = sharding.state_shardings(abstract_state, mesh)
+  state_sharding = sharding.state_shardings(abstract_state, mesh, config)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     keep=config.keep_checkpoints)
   abstract_with_sharding = jax.tree.map(
@@ -389,6 +399,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     logging.info('Resumed from the checkpoint at step %d in %s.', start_step,
                  workdir)
+  basis = [leaf for leaf in jax.tree.leaves(state.get('pca', {}))
+           if leaf.ndim == 3]  # a spatial PCA's (L, D, Q)
+  if basis and mesh.size > 1:
+    b = basis[0]
+    per_device = b.sharding.shard_shape(b.shape)[0]
+    logging.info('PCA state on %d devices: %s.', mesh.size,
+                 f'split by location, {per_device} of {b.shape[0]} each'
+                 if per_device < b.shape[0] else 'replicated')
 
   writer = writers.MetricWriter(workdir, primary=primary,
                                 tensorboard=config.get('tensorboard', True))

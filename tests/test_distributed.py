@@ -62,6 +62,8 @@ def test_eight_devices_match_one_and_checkpoints_cross_device_counts(
   one, eight = tmp_path / 'one', tmp_path / 'eight'
   out = _finish(_run(one, 1, 5, 1), _run(eight, 8, 5, 8))
   assert 'FINAL 0 8' in out[1]
+  # The spatial PCA's state (16 locations) is split by location, 2 per device.
+  assert 'PCA state on 8 devices: split by location, 2 of 16 each' in out[1]
   (a, step_a), (b, step_b) = _state(one), _state(eight)  # 8 -> 1 restore
   assert step_a == step_b == 5
   _assert_close(a, b)
@@ -107,11 +109,13 @@ def test_two_processes_on_loopback_match_one_process(tmp_path):
 def test_throughput_benchmark_runs_on_several_devices(tmp_path):
   """experiments/throughput.py (spatial16) on 2 forced devices: the step keeps
   the state's shardings from call to call (its own jit once returned the PCA
-  basis sharded, and the second call rejected it)."""
+  basis sharded, and the second call rejected it), with the PCA state split
+  by location (the default) and replicated (`pca:replicated`)."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'experiments', 'throughput.py'),
-       '--sizes=64', '--kinds=pca,identity', '--steps=2', '--rounds=1',
+       '--sizes=64', '--kinds=pca,pca:replicated,identity', '--steps=2',
+       '--rounds=1',
        f'--out={tmp_path}'],
       env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -119,7 +123,14 @@ def test_throughput_benchmark_runs_on_several_devices(tmp_path):
     records = [json.loads(line) for line in f]
   trains = {r['measurement']: r for r in records
             if r['measurement'].startswith('train/')}
-  assert set(trains) == {'train/pca', 'train/identity'}
+  assert set(trains) == {'train/pca', 'train/pca:replicated',
+                         'train/identity'}
+  assert trains['train/pca']['pca_split_by_location'] is True
+  assert trains['train/pca:replicated']['pca_split_by_location'] is False
+  assert trains['train/identity']['pca_split_by_location'] is False
+  shares = {r['measurement'] for r in records
+            if r['measurement'].startswith('bottleneck_share/')}
+  assert shares == {'bottleneck_share/pca', 'bottleneck_share/pca:replicated'}
   assert all(r['num_devices'] == 2 and r['steps_timed'] == 2
              and r['step_ms'] > 0 for r in trains.values())
   assert (tmp_path / 'throughput.md').exists()

@@ -103,6 +103,11 @@ class PCABottleneck(nn.Module):
       coefficients of an image by reverse water-filling
       (`bits.allocate_bits`) for this many bits per image; None: off.
       Exclusive with `coefficient_bits` != 32.
+    sample_sharding: in `spatial` mode, a sharding of the `(L, B, D)` samples
+      split along the location axis (`pcavae.sharding.pca_location_sharding`,
+      matching the PCA state's): each device then updates and projects only
+      its own locations. None: XLA decides (under a mesh the samples follow
+      the batch, and every device repeats the whole PCA on a replicated basis).
 
   At eval with quantization on, `aux` also holds `symbols` (int32, the shape
   of `coefficients`) and `symbol_bits` (bits of each coefficient of one
@@ -122,12 +127,23 @@ class PCABottleneck(nn.Module):
   orthonormality_check_every: int = 16
   coefficient_bits: int = bits.FLOAT_BITS
   coefficient_bit_budget: Optional[int] = None
+  sample_sharding: Optional[jax.sharding.Sharding] = None
+
+  def _split_first(self, a: Array) -> Array:
+    """Splits the first axis over the devices (`sample_sharding`), if set."""
+    if self.sample_sharding is None or self.mode != 'spatial':
+      return a
+    return jax.lax.with_sharding_constraint(a, self.sample_sharding)
 
   def _samples(self, h: Array) -> Array:
     """NHWC latent -> `(problems..., n, dim)` samples for the PCA."""
     b, hh, ww, d = h.shape
     if self.mode == 'spatial':
-      return jnp.transpose(h.reshape(b, hh * ww, d), (1, 0, 2))  # (L, B, D)
+      # With `sample_sharding`: split by image, then moved (one all-to-all)
+      # to split by location. The first constraint keeps XLA from pushing the
+      # location split back into the encoder's (H, W) axes.
+      flat = self._split_first(h.reshape(b, hh * ww, d))         # (B, L, D)
+      return self._split_first(jnp.transpose(flat, (1, 0, 2)))   # (L, B, D)
     if self.mode == 'shared':
       return h.reshape(b * hh * ww, d)                           # (BL, D)
     raise AssertionError(self.mode)
@@ -135,7 +151,8 @@ class PCABottleneck(nn.Module):
   def _unsamples(self, x: Array, shape: Tuple[int, ...]) -> Array:
     b, hh, ww, _ = shape
     if self.mode == 'spatial':
-      return jnp.transpose(x, (1, 0, 2)).reshape(b, hh, ww, x.shape[-1])
+      flat = self._split_first(jnp.transpose(x, (1, 0, 2)))      # (B, L, .)
+      return flat.reshape(b, hh, ww, x.shape[-1])
     return x.reshape(b, hh, ww, x.shape[-1])
 
   def _per_image(self, y: Array, b: int) -> Array:

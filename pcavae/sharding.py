@@ -244,14 +244,13 @@ def pca_location_sharding(config: ml_collections.ConfigDict,
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh,
-                    config: ml_collections.ConfigDict | None = None) -> Any:
+                    config: ml_collections.ConfigDict) -> Any:
   """Shardings for a train-state dict: params and optimizer state sharded
   along `fsdp` (when it is > 1), the `pca` collection of a `spatial` PCA split
-  by location (`pca_location_sharding(config, mesh)`, when `config` is given),
-  everything else replicated."""
+  by location (`pca_location_sharding`, as the model built by
+  `train.create_model(config, mesh)` expects), everything else replicated."""
   k = mesh.shape[FSDP_AXIS]
-  locations = (pca_location_sharding(config, mesh) if config is not None
-               else None)
+  locations = pca_location_sharding(config, mesh)
 
   def one(path, leaf):
     top = getattr(path[0], 'key', None)

@@ -115,8 +115,7 @@ def test_throughput_benchmark_runs_on_several_devices(tmp_path):
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'experiments', 'throughput.py'),
        '--sizes=64', '--kinds=pca,pca:replicated,identity', '--steps=2',
-       '--rounds=1',
-       f'--out={tmp_path}'],
+       '--rounds=1', f'--out={tmp_path}'],
       env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   with open(tmp_path / 'throughput.jsonl') as f:

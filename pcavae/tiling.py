@@ -1,0 +1,89 @@
+"""Cut an image into tiles of the trained size and stitch them back.
+
+A model trained at resolution r (and, for a `spatial` PCA, one basis per
+latent location) only sees r x r inputs. Full-size inference therefore cuts
+the image into a grid of r x r tiles, reflect-padding the right and bottom
+edges up to a multiple of r, runs every tile through the same jitted function
+in fixed-size batches, and crops the stitched result back to the original
+size. Pure numpy: no JAX, no model; `reconstruct.py` and `codec.py` share it.
+"""
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+
+class Grid(NamedTuple):
+  """Where the tiles of one image came from."""
+  height: int  # original image height
+  width: int  # original image width
+  rows: int  # tiles down
+  cols: int  # tiles across
+  size: int  # tile side (the run's resolution)
+
+  @property
+  def num_tiles(self) -> int:
+    return self.rows * self.cols
+
+
+def grid_for(height: int, width: int, size: int) -> Grid:
+  """The tile grid covering a `height` x `width` image with `size` tiles."""
+  if height < 1 or width < 1:
+    raise ValueError(f'Empty image: {height}x{width}.')
+  if size < 1:
+    raise ValueError(f'Tile size must be positive, got {size}.')
+  return Grid(height, width, -(-height // size), -(-width // size), size)
+
+
+def _pad(image: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
+  """Reflect-pads the bottom/right edges; repeats the reflection while the pad
+  is wider than the image (numpy's 'reflect' needs pad < side), and falls back
+  to 'edge' for a side of 1 pixel, which has nothing to reflect."""
+  while pad_h > 0 or pad_w > 0:
+    h, w = image.shape[:2]
+    ph = min(pad_h, h - 1) if h > 1 else pad_h
+    pw = min(pad_w, w - 1) if w > 1 else pad_w
+    widths = [(0, ph), (0, pw)] + [(0, 0)] * (image.ndim - 2)
+    mode = 'reflect' if (h > 1 or ph == 0) and (w > 1 or pw == 0) else 'edge'
+    image = np.pad(image, widths, mode=mode)
+    pad_h -= ph
+    pad_w -= pw
+  return image
+
+
+def tile(image: np.ndarray, size: int) -> tuple[np.ndarray, Grid]:
+  """Cuts an (H, W, C) image into (rows * cols, size, size, C) tiles, row-major.
+
+  Edges are reflect-padded up to a multiple of `size`; `untile` crops back.
+  """
+  if image.ndim != 3:
+    raise ValueError(f'Expected an (H, W, C) image, got shape {image.shape}.')
+  h, w, c = image.shape
+  grid = grid_for(h, w, size)
+  padded = _pad(image, grid.rows * size - h, grid.cols * size - w)
+  tiles = padded.reshape(grid.rows, size, grid.cols, size, c)
+  tiles = tiles.transpose(0, 2, 1, 3, 4).reshape(-1, size, size, c)
+  return tiles, grid
+
+
+def untile(tiles: np.ndarray, grid: Grid) -> np.ndarray:
+  """Inverse of `tile`: stitches row-major tiles and crops to (H, W, C)."""
+  n, s, s2, c = tiles.shape
+  if n != grid.num_tiles or s != grid.size or s2 != grid.size:
+    raise ValueError(f'{tiles.shape[:3]} tiles do not fit the grid {grid}.')
+  image = tiles.reshape(grid.rows, grid.cols, s, s, c).transpose(0, 2, 1, 3, 4)
+  image = image.reshape(grid.rows * s, grid.cols * s, c)
+  return image[:grid.height, :grid.width]
+
+
+def map_tiles(fn: Callable[[np.ndarray], np.ndarray], tiles: np.ndarray,
+              batch_size: int) -> np.ndarray:
+  """Applies `fn` to `tiles` in fixed-size batches (the last one zero-padded),
+  so a jitted `fn` compiles once whatever the number of tiles."""
+  out = []
+  for start in range(0, len(tiles), batch_size):
+    chunk = tiles[start:start + batch_size]
+    batch = np.zeros((batch_size,) + tiles.shape[1:], tiles.dtype)
+    batch[:len(chunk)] = chunk
+    out.append(np.asarray(fn(batch))[:len(chunk)])
+  return np.concatenate(out) if out else np.zeros((0,) + tiles.shape[1:])

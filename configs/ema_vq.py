@@ -22,6 +22,8 @@ Latent bits per image: tokens * log2(K) (runlocal: 64 * 10 = 640). At full size
 import os
 import sys
 
+from ml_collections import config_dict
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -30,8 +32,11 @@ def get_config(arg=None):
   """Returns the ema_vq config for `arg` (see the module docstring)."""
   a = common.parse_family_arg(arg, k=0, restart=0.0)
   c = common.get_base_config()
-  c.model.bottleneck = dict(kind='ema_vq', codebook_size=1024, beta=0.25,
-                            decay=0.99, eps=1e-5, dead_code_threshold=None)
+  # dead_code_threshold: None (no restarts) until set, typed so that
+  # --config.model.bottleneck.dead_code_threshold=0.03 can set it.
+  c.model.bottleneck = dict(
+      kind='ema_vq', codebook_size=1024, beta=0.25, decay=0.99, eps=1e-5,
+      dead_code_threshold=config_dict.placeholder(float))
   if a.k:
     c.model.bottleneck.codebook_size = a.k
   if a.restart:

@@ -69,11 +69,16 @@ def get_config(arg=None):
       num_components=s['q'],
       mode=s['mode'],
       alpha=0.9,
-      learning_rate=None,          # None: tied to the optimizer's schedule
+      # Typed placeholders (None until set) rather than bare Nones, which
+      # --config.model.bottleneck.<key>=<value> could not override.
+      # None: the Hebbian rate is tied to the optimizer's schedule.
+      learning_rate=config_dict.placeholder(float),
       # The reference clips each location's step in spatial mode only.
-      max_update_norm=0.1 if s['mode'] == 'spatial' else None,
-      orthonormalize_every=None,   # None: every Q updates
-      global_dim=s.get('global_dim'),
+      max_update_norm=(0.1 if s['mode'] == 'spatial'
+                       else config_dict.placeholder(float)),
+      # None: every Q updates.
+      orthonormalize_every=config_dict.placeholder(int),
+      global_dim=s.get('global_dim', config_dict.placeholder(int)),
       coefficient_bits=32,         # eval quantization (32: none), bits.py
       # Bits per image, water-filled; a typed None, so that
       # --config.model.bottleneck.coefficient_bit_budget=B can set it.

@@ -12,8 +12,9 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from pcavae import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/<family>.py[:args]).',
@@ -40,8 +41,12 @@ def main(argv):
   sharding.default_xla_flags()
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                   _PROCESS_ID.value)
+  from pcavae import configlib  # pylint: disable=g-import-not-at-top
   from pcavae import train  # pylint: disable=g-import-not-at-top
-  workdir = os.path.abspath(_WORKDIR.value)
+  # A bad config fails before the workdir exists; a workdir that cannot be
+  # made is one line naming it, not a traceback from deep inside training.
+  configlib.validate(_CONFIG.value)
+  workdir = cli.make_workdir(_WORKDIR.value)
   final = train.train_and_evaluate(_CONFIG.value, workdir,
                                    config_mismatch=_CONFIG_MISMATCH.value)
   if sharding.is_primary():
@@ -51,28 +56,9 @@ def main(argv):
           'config.json', flush=True)
 
 
-class _QuietLibraries:
-  """Drops INFO records of orbax and friends: one line per checkpoint is
-  enough (ours); warnings and errors still pass."""
-
-  _NOISY = (os.sep + 'orbax' + os.sep, os.sep + 'etils' + os.sep)
-
-  def filter(self, record):
-    return record.levelno >= 30 or not any(
-        n in record.pathname for n in self._NOISY)
-
-
-def quiet_library_logs():
-  import logging as py_logging  # pylint: disable=g-import-not-at-top
-  py_logging.getLogger('absl').addFilter(_QuietLibraries())
-  for handler in py_logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
-
-
 def run():
   """Console script `pcavae-train`."""
-  logging.set_verbosity(logging.INFO)
-  quiet_library_logs()
+  cli.setup_logging()
   app.run(main)
 
 

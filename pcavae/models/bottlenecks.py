@@ -458,10 +458,18 @@ class EMAVQBottleneck(nn.Module):
   the commitment term `beta ||z - sg(e)||^2` only. The output uses the codes
   chosen before this step's update (the codebook that assigned them).
 
+  Convention: the EMAs start from the initial codebook, not from zero.
   `cluster_size` starts at one hit per code and `embedding_sum` at the
-  initial codes, so a code no batch has hit yet keeps its initial vector
-  (starting from zero counts, the first update divides by `eps` and throws
-  unused codes far away, where they stay dead).
+  initial codes, so `e_k = m_k / N~_k` is the initial code at step 0 and a
+  code no batch has hit yet keeps its initial vector, decaying only towards
+  what it wins. Sonnet's `VectorQuantizerEMA` instead starts both EMAs at
+  zero and divides out the zero-start bias (`ExponentialMovingAverage` with
+  `zero_debias`); both are legitimate estimates of the same running means.
+  We start from the codebook because with zero counts (and no debiasing) the
+  first update divides a code that no input chose by `eps`, throwing it far
+  away where it stays dead, and because a k-means-initialised codebook (AE
+  warm-up, pcavae/warmup.py) is then the EMA's starting point rather than
+  something the first batches overwrite.
 
   Dead-code restart (off by default): a code whose EMA hit count falls below
   `dead_code_threshold` is moved to a random encoder output of the current
@@ -623,13 +631,17 @@ def fsq_bound(z: Array, levels: Sequence[int], eps: float = 1e-3) -> Array:
 
   `tanh(z + shift) * half_l - offset` with `half_l = (L - 1)(1 - eps) / 2`,
   `offset = 0.5` for even L (so that rounding gives L values,
-  `-L/2 .. L/2 - 1`) and 0 for odd L (`-(L-1)/2 .. (L-1)/2`), and
-  `shift = atanh(offset / half_l)` so that `bound(0) = 0`.
+  `-L/2 .. L/2 - 1`) and 0 for odd L (`-(L-1)/2 .. (L-1)/2`, symmetric), and
+  `shift = tan(offset / half_l)`, exactly as the paper's reference code
+  (google-research `fsq/fsq.ipynb`). Every L >= 2 gives a finite, strictly
+  increasing map onto an open interval holding exactly those L integers;
+  `atanh(offset / half_l)` (which would make `bound(0)` exactly 0) is NaN at
+  L = 2, where `offset / half_l = 0.5 / 0.4995 > 1`.
   """
   lv = jnp.asarray(levels, jnp.float32)
   half_l = (lv - 1.0) * (1.0 - eps) / 2.0
   offset = jnp.where(jnp.asarray(levels) % 2 == 0, 0.5, 0.0)
-  shift = jnp.arctanh(offset / half_l)
+  shift = jnp.tan(offset / half_l)
   return jnp.tanh(z + shift) * half_l - offset
 
 

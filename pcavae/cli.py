@@ -1,0 +1,53 @@
+"""What every command-line entry point shares, without defining any flag.
+
+`pcavae.main` and `pcavae.reconstruct` (and any later entry point) each define
+their own absl flags; a module both import must define none, or absl refuses
+the second definition (`DuplicateFlagError`).
+"""
+
+import logging as py_logging
+import os
+
+from absl import logging
+
+
+class _QuietLibraries:
+  """Drops INFO records of orbax and friends: one line per checkpoint is
+  enough (ours); warnings and errors still pass."""
+
+  _NOISY = (os.sep + 'orbax' + os.sep, os.sep + 'etils' + os.sep)
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or not any(
+        n in record.pathname for n in self._NOISY)
+
+
+def quiet_library_logs() -> None:
+  """Installs `_QuietLibraries` on absl's logger and the root handlers."""
+  py_logging.getLogger('absl').addFilter(_QuietLibraries())
+  for handler in py_logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
+
+
+def setup_logging() -> None:
+  """INFO logs on stderr, minus the libraries' per-checkpoint chatter."""
+  logging.set_verbosity(logging.INFO)
+  quiet_library_logs()
+
+
+def make_workdir(workdir: str, flag: str = '--workdir') -> str:
+  """Creates `workdir` (and its parents); returns its absolute path.
+
+  Raises:
+    SystemExit: with a one-line message naming `flag` and the path when it
+      cannot be created or written (no traceback for a mistyped path).
+  """
+  path = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise SystemExit(f'Cannot create {flag}={path}: '
+                     f'{e.strerror or e}.') from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise SystemExit(f'Cannot write to {flag}={path}: permission denied.')
+  return path

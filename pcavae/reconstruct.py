@@ -1,83 +1,364 @@
 r"""Reconstruct every image in a folder with a trained model, one jitted fn.
 
-  python -m pcavae.reconstruct --workdir=workdirs/pca --input=photos/ \
-    --output=recons/
+  python -m pcavae.reconstruct --workdir=workdirs/pcavae_runlocal \
+    --input=my_photos/ --output=recons/
 
-Restores the newest good checkpoint in `--workdir`, center-crops and resizes
-each JPEG/PNG under `--input` (recursively) to the run's resolution, and
-writes `<output>/<relative path>.png`: the reconstruction, or with
-`--side_by_side` the input and its reconstruction next to each other. Images
-go through in fixed-size batches (the last one padded) so the function
-compiles once.
+(or the console script `pcavae-reconstruct` with the same flags). Restores the
+newest good checkpoint in `--workdir` and walks `--input` recursively (or
+takes one file). Every readable image (JPEG, PNG, BMP, GIF, TIFF, WebP; any
+mode: gray, RGBA, palette, 16-bit) is converted to RGB and
+
+- `--full_size` (the default): reconstructed at its own size. The image is
+  cut into tiles of the run's resolution (`pcavae.tiling`: reflect-padded at
+  the right/bottom edges, cropped back after), since the model only ever saw
+  that size (a `spatial` PCA holds one basis per latent location);
+- `--nofull_size`: center-cropped to a square and resized to the run's
+  resolution, as training and eval see images.
+
+Each is written to `<output>/<relative path>.png` (the extension kept,
+`a.jpg.png`, where two inputs would share a name), or with `--side_by_side`
+as input | reconstruction. Tiles of all images go through the same jitted
+function in fixed-size batches (the last one zero-padded), so it compiles
+once. Files that cannot be decoded (truncated, corrupt, not an image) are
+skipped and named with the reason on stderr; the command ends with `wrote N,
+skipped M` and exits 0 when at least one image was written, 1 otherwise.
+
+`<output>/metrics.csv` holds one row per written image: PSNR and SSIM of the
+reconstruction against the model's input (the whole image, uint8 as written,
+in [0, 1]) and LPIPS-AlexNet where the image allows it (both sides >= 32 px
+and at most `MAX_LPIPS_PIXELS`; empty otherwise, as is SSIM under 11 px).
 """
 
+import csv
+import dataclasses
+import math
 import os
+import sys
+import time
+from typing import Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 import numpy as np
 from PIL import Image
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training run directory.')
-_INPUT = flags.DEFINE_string('input', None, 'Folder of JPEG/PNG images.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Where to write PNGs.')
-_BATCH = flags.DEFINE_integer('batch_size', 32, 'Images per jitted call.')
-_SIDE = flags.DEFINE_bool('side_by_side', False,
-                          'Write input | reconstruction pairs.')
-flags.mark_flags_as_required(['workdir', 'input', 'output'])
+from pcavae import cli
+from pcavae import tiling
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
+                    '.webp')
+METRICS_FILE = 'metrics.csv'
+CSV_COLUMNS = ('input', 'output', 'height', 'width', 'tiles', 'psnr', 'ssim',
+               'lpips_alex')
+# LPIPS-AlexNet needs >= 32 px (its 11x11 stride-4 stem); above this many
+# pixels its activations cost GBs of host memory, so it is left out.
+MIN_LPIPS_SIDE = 32
+MAX_LPIPS_PIXELS = 4096 * 4096
+MIN_SSIM_SIDE = 11  # dm-pix's 11x11 Gaussian window, 'valid' filtering
+
+
+@dataclasses.dataclass
+class Result:
+  """What `reconstruct_folder` did."""
+  written: list[str]  # output PNG paths, in input order
+  skipped: list[tuple[str, str]]  # (input path, reason)
+  metrics_path: str  # <output>/metrics.csv
+  rows: list[dict]  # the rows of metrics.csv
+
+
+def list_inputs(input_path: str, exclude: Optional[str] = None
+                ) -> tuple[list[str], list[tuple[str, str]]]:
+  """Files to reconstruct under `input_path` (a folder, walked recursively and
+  sorted, or one file), and the files left out with the reason.
+
+  Hidden files and folders are ignored; so is `exclude` (the output folder
+  when it lies inside the input). A file whose extension is not an image's is
+  left out and named.
+  """
+  if os.path.isfile(input_path):
+    return [input_path], []
+  exclude = os.path.abspath(exclude) if exclude else None
+  found, other = [], []
+  for directory, subdirs, names in os.walk(input_path, followlinks=True):
+    subdirs[:] = sorted(
+        d for d in subdirs if not d.startswith('.') and
+        os.path.abspath(os.path.join(directory, d)) != exclude)
+    for name in sorted(names):
+      if name.startswith('.'):
+        continue
+      path = os.path.join(directory, name)
+      if name.lower().endswith(IMAGE_EXTENSIONS):
+        found.append(path)
+      else:
+        other.append((path, 'not an image file (extension '
+                      f'{os.path.splitext(name)[1] or "none"})'))
+  return found, other
+
+
+def output_names(paths: Sequence[str], root: str) -> list[str]:
+  """`a/b.jpg` -> `a/b.png`; `a/b.jpg.png` where another input would also
+  become `a/b.png` (e.g. `b.jpg` beside `b.png`)."""
+  rels = [os.path.relpath(p, root) if os.path.isdir(root)
+          else os.path.basename(p) for p in paths]
+  stems = [os.path.splitext(r)[0] for r in rels]
+  counts = {}
+  for s in stems:
+    counts[s] = counts.get(s, 0) + 1
+  return [(s if counts[s] == 1 else r) + '.png' for s, r in zip(stems, rels)]
+
+
+def model_input(image: np.ndarray, resolution: int, full_size: bool
+                ) -> np.ndarray:
+  """The uint8 RGB image the model reconstructs: `image` itself at full
+  size, else its center crop resized to `resolution` (as in training)."""
+  if full_size:
+    return image
+  from pcavae.data import sources  # pylint: disable=g-import-not-at-top
+  return sources.center_crop_resize(Image.fromarray(image), resolution)
+
+
+def to_model_range(image: np.ndarray) -> np.ndarray:
+  """uint8 -> float32 in [-1, 1], the model's range."""
+  return image.astype(np.float32) / 127.5 - 1.0
+
+
+def make_tile_fn(model, variables, batch_size: int
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+  """`tiles (n, R, R, 3) in [-1, 1] -> reconstructions`, through one jitted
+  function in fixed batches of `batch_size` (compiled once)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from pcavae import train  # pylint: disable=g-import-not-at-top
+  fn = jax.jit(train.make_reconstruct_fn(model))
+  return lambda tiles: tiling.map_tiles(lambda b: fn(variables, b), tiles,
+                                        batch_size)
+
+
+def reconstruct_images(images: Sequence[np.ndarray], tile_fn: Callable,
+                       resolution: int) -> list[np.ndarray]:
+  """Reconstructs uint8 `(H, W, 3)` images of any size by tiling; uint8 out.
+
+  The tiles of all `images` go through `tile_fn` together, so the padding of
+  the last fixed-size batch is paid once per call, not once per image.
+  """
+  cut = [tiling.tile(to_model_range(im), resolution) for im in images]
+  if not cut:
+    return []
+  recon = tile_fn(np.concatenate([tiles for tiles, _ in cut]))
+  out, start = [], 0
+  for tiles, grid in cut:
+    out.append(to_uint8(tiling.untile(recon[start:start + len(tiles)], grid)))
+    start += len(tiles)
+  return out
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+  """[-1, 1] float -> uint8, as training's image grids (`viz.to_uint8`)."""
+  from pcavae import viz  # pylint: disable=g-import-not-at-top
+  return viz.to_uint8(x)
+
+
+class ImageMetrics:
+  """PSNR / SSIM / LPIPS-alex of one uint8 image pair (`pcavae.metrics`)."""
+
+  def __init__(self, lpips: bool = True):
+    from pcavae import metrics  # pylint: disable=g-import-not-at-top
+    self._metrics = metrics
+    self._lpips = metrics.make_lpips('alex') if lpips else None
+
+  def __call__(self, original: np.ndarray, recon: np.ndarray) -> dict:
+    h, w = original.shape[:2]
+    x = original[None].astype(np.float32) / 255.0
+    y = recon[None].astype(np.float32) / 255.0
+    out = {'psnr': float(self._metrics.psnr(x, y)[0]), 'ssim': None,
+           'lpips_alex': None}
+    if min(h, w) >= MIN_SSIM_SIDE:
+      out['ssim'] = float(self._metrics.ssim(x, y)[0])
+    if (self._lpips is not None and min(h, w) >= MIN_LPIPS_SIDE
+        and h * w <= MAX_LPIPS_PIXELS):
+      out['lpips_alex'] = float(self._lpips(2 * x - 1, 2 * y - 1)[0])
+    return out
+
+
+class Progress:
+  """`done/total images  x images/s  ETA h:mm:ss` on stderr: redrawn in place
+  on a terminal, else a line every `every_s` seconds (and at the end)."""
+
+  def __init__(self, total: int, stream=None, every_s: float = 10.0):
+    self.total = total
+    self.stream = stream if stream is not None else sys.stderr
+    self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+    self.every_s = every_s
+    self.start = time.perf_counter()
+    self.last = -math.inf
+    self.finished = False
+
+  def line(self, done: int) -> str:
+    from pcavae import train  # pylint: disable=g-import-not-at-top
+    elapsed = max(time.perf_counter() - self.start, 1e-9)
+    rate = done / elapsed
+    eta = ((self.total - done) / rate) if rate > 0 else 0.0
+    eta_text = train._format_eta(eta)  # pylint: disable=protected-access
+    return (f'reconstruct: {done}/{self.total} images  {rate:.2f} images/s  '
+            f'ETA {eta_text}')
+
+  def update(self, done: int) -> None:
+    now = time.perf_counter()
+    final = done >= self.total
+    if self.finished or not (self.tty or final or
+                             now - self.last >= self.every_s):
+      return
+    self.last, self.finished = now, final
+    end = '\n' if final or not self.tty else ''
+    self.stream.write(('\r' if self.tty else '') + self.line(done) + end)
+    self.stream.flush()
 
 
 def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
-                       batch_size: int = 32, side_by_side: bool = False
-                       ) -> list[str]:
-  """Writes reconstructions of every image under `input_dir`; returns paths."""
+                       batch_size: int = 32, side_by_side: bool = False,
+                       full_size: bool = True, lpips: bool = True,
+                       progress: bool = True) -> Result:
+  """Reconstructs every readable image under `input_dir` into `output_dir`.
+
+  Args:
+    workdir: a training run (`config.json`, `checkpoints/`).
+    input_dir: a folder (walked recursively) or one image file.
+    output_dir: where the PNGs and `metrics.csv` go (created).
+    batch_size: tiles per call of the jitted model.
+    side_by_side: write input | reconstruction instead of the reconstruction.
+    full_size: tile each image at its own size (else center crop + resize
+      to the run's resolution).
+    lpips: add LPIPS-AlexNet to `metrics.csv` where the image allows.
+    progress: draw a progress bar on stderr.
+
+  Returns:
+    A `Result`; `written` is empty when no image could be read.
+
+  Raises:
+    FileNotFoundError: `input_dir` does not exist, or `workdir` holds no run.
+  """
   from pcavae import train  # pylint: disable=g-import-not-at-top
-  from pcavae import viz  # pylint: disable=g-import-not-at-top
   from pcavae.data import image_folder  # pylint: disable=g-import-not-at-top
 
-  if not os.path.isdir(input_dir):
-    raise FileNotFoundError(f'--input={input_dir!r} is not a directory.')
-  paths, skipped = image_folder.list_images(os.path.abspath(input_dir))
-  if not paths:
-    raise FileNotFoundError(f'No readable JPEG/PNG under --input={input_dir!r}'
-                            f' ({len(skipped)} unreadable files skipped).')
+  if not os.path.exists(input_dir):
+    raise FileNotFoundError(f'--input={input_dir} does not exist.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size={batch_size} must be positive.')
+  paths, other = list_inputs(input_dir, exclude=output_dir)
+  skipped = list(other)
+  names = output_names(paths, input_dir)
   config, model, variables, step = train.restore_model(workdir)
   r = config.resolution
-  fn = jax.jit(train.make_reconstruct_fn(model))
-  logging.info('Reconstructing %d images at %d px with the step-%d model.',
-               len(paths), r, step)
-  written = []
-  for start in range(0, len(paths), batch_size):
-    chunk = paths[start:start + batch_size]
-    batch = np.zeros((batch_size, r, r, 3), np.float32)
-    for i, p in enumerate(chunk):
-      batch[i] = image_folder.load_image(p, r).astype(np.float32) / 127.5 - 1
-    recon = np.asarray(fn(variables, batch))
-    for i, p in enumerate(chunk):
-      rel = os.path.relpath(p, os.path.abspath(input_dir))
-      out = os.path.join(output_dir, os.path.splitext(rel)[0] + '.png')
+  tile_fn = make_tile_fn(model, variables, batch_size)
+  measure = ImageMetrics(lpips=lpips)
+  logging.info('Reconstructing %d files with the step-%d model of %s, %s.',
+               len(paths), step, workdir,
+               'at full size in %dx%d tiles' % (r, r) if full_size
+               else 'center-cropped and resized to %d px' % r)
+  bar = Progress(len(paths)) if progress else None
+  os.makedirs(output_dir, exist_ok=True)
+  written, rows, pending = [], [], []
+
+  def flush():
+    recons = reconstruct_images([im for _, _, im in pending], tile_fn, r)
+    for (path, name, image), recon in zip(pending, recons):
+      out = os.path.join(output_dir, name)
       os.makedirs(os.path.dirname(out), exist_ok=True)
-      pair = np.concatenate([batch[i], recon[i]], axis=1)
-      image = viz.to_uint8(pair if side_by_side else recon[i])
-      Image.fromarray(image).save(out)
+      Image.fromarray(np.concatenate([image, recon], axis=1) if side_by_side
+                      else recon).save(out)
       written.append(out)
-  return written
+      rows.append({'input': os.path.relpath(path, input_dir)
+                            if os.path.isdir(input_dir) else path,
+                   'output': name, 'height': image.shape[0],
+                   'width': image.shape[1],
+                   'tiles': tiling.grid_for(*image.shape[:2], r).num_tiles,
+                   **measure(image, recon)})
+    pending.clear()
+
+  # Images are decoded one at a time and flushed once they fill a batch of
+  # tiles, so memory stays near one image plus one batch.
+  pending_tiles = 0
+  for i, (path, name) in enumerate(zip(paths, names)):
+    try:
+      image = model_input(image_folder.read_rgb(path), r, full_size)
+    except OSError as e:
+      reason = str(e)
+      skipped.append((path, reason[len(path) + 2:]
+                      if reason.startswith(path + ': ') else reason))
+    else:
+      pending.append((path, name, image))
+      pending_tiles += tiling.grid_for(*image.shape[:2], r).num_tiles
+      if pending_tiles >= batch_size:
+        flush()
+        pending_tiles = 0
+        if bar:
+          bar.update(i + 1)
+  flush()
+  if bar:
+    bar.update(len(paths))
+  metrics_path = os.path.join(output_dir, METRICS_FILE)
+  with open(metrics_path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: ('' if v is None else
+                           f'{v:.6g}' if isinstance(v, float) else v)
+                       for k, v in row.items()})
+  return Result(written, skipped, metrics_path, rows)
+
+
+def _mean(rows: Sequence[dict], key: str) -> str:
+  values = [r[key] for r in rows if r[key] is not None and math.isfinite(
+      r[key])]
+  return f'{np.mean(values):.4g}' if values else 'n/a'
+
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training run directory.')
+_INPUT = flags.DEFINE_string('input', None,
+                             'Folder of images (walked recursively) or one '
+                             'image file.')
+_OUTPUT = flags.DEFINE_string('output', None,
+                              'Where to write PNGs and metrics.csv.')
+_BATCH = flags.DEFINE_integer('batch_size', 32, 'Tiles per jitted call.')
+_SIDE = flags.DEFINE_bool('side_by_side', False,
+                          'Write input | reconstruction pairs.')
+_FULL = flags.DEFINE_bool(
+    'full_size', True,
+    'Reconstruct each image at its own size by tiling (default); '
+    '--nofull_size center-crops and resizes to the run\'s resolution.')
+_LPIPS = flags.DEFINE_bool('lpips', True,
+                           'LPIPS-AlexNet per image in metrics.csv.')
+_PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bar on stderr.')
+flags.mark_flags_as_required(['workdir', 'input', 'output'])
 
 
 def main(argv):
-  del argv
-  written = reconstruct_folder(_WORKDIR.value, _INPUT.value, _OUTPUT.value,
-                               _BATCH.value, _SIDE.value)
-  print(f'Wrote {len(written)} reconstructions to {_OUTPUT.value}', flush=True)
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _BATCH.value < 1:
+    raise app.UsageError(f'--batch_size={_BATCH.value} must be positive.')
+  output = cli.make_workdir(_OUTPUT.value, flag='--output')
+  try:
+    result = reconstruct_folder(
+        _WORKDIR.value, _INPUT.value, output, _BATCH.value, _SIDE.value,
+        _FULL.value, _LPIPS.value, _PROGRESS.value)
+  except FileNotFoundError as e:
+    raise SystemExit(f'pcavae.reconstruct: {e}') from None
+  n, m = len(result.written), len(result.skipped)
+  for path, reason in result.skipped:
+    print(f'skipped {path}: {reason}', flush=True)
+  print(f'wrote {n}, skipped {m}: {output} (mean PSNR '
+        f'{_mean(result.rows, "psnr")} dB, SSIM {_mean(result.rows, "ssim")}, '
+        f'LPIPS {_mean(result.rows, "lpips_alex")}; per image in '
+        f'{result.metrics_path})', flush=True)
+  if not n:
+    raise SystemExit(f'pcavae.reconstruct: no image could be read under '
+                     f'--input={_INPUT.value} ({m} skipped, named above).')
 
 
 def run():
   """Console script `pcavae-reconstruct`."""
-  from pcavae import main as cli  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.INFO)
-  cli.quiet_library_logs()
+  cli.setup_logging()
   app.run(main)
 
 

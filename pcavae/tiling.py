@@ -35,20 +35,24 @@ def grid_for(height: int, width: int, size: int) -> Grid:
   return Grid(height, width, -(-height // size), -(-width // size), size)
 
 
-def _pad(image: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
-  """Reflect-pads the bottom/right edges; repeats the reflection while the pad
-  is wider than the image (numpy's 'reflect' needs pad < side), and falls back
-  to 'edge' for a side of 1 pixel, which has nothing to reflect."""
-  while pad_h > 0 or pad_w > 0:
-    h, w = image.shape[:2]
-    ph = min(pad_h, h - 1) if h > 1 else pad_h
-    pw = min(pad_w, w - 1) if w > 1 else pad_w
-    widths = [(0, ph), (0, pw)] + [(0, 0)] * (image.ndim - 2)
-    mode = 'reflect' if (h > 1 or ph == 0) and (w > 1 or pw == 0) else 'edge'
-    image = np.pad(image, widths, mode=mode)
-    pad_h -= ph
-    pad_w -= pw
+def _pad_axis(image: np.ndarray, axis: int, pad: int) -> np.ndarray:
+  """Reflect-pads the end of one axis by `pad`; repeats the reflection while
+  the pad is wider than the image (numpy's 'reflect' needs pad < side), and
+  repeats the pixel for a side of 1, which has nothing to reflect."""
+  while pad > 0:
+    side = image.shape[axis]
+    step = min(pad, side - 1) if side > 1 else pad
+    widths = [(0, 0)] * image.ndim
+    widths[axis] = (0, step)
+    image = np.pad(image, widths, mode='reflect' if side > 1 else 'edge')
+    pad -= step
   return image
+
+
+def _pad(image: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
+  """Reflect-pads the bottom and right edges (each axis on its own, so a
+  one-pixel-high row still reflects along its width)."""
+  return _pad_axis(_pad_axis(image, 0, pad_h), 1, pad_w)
 
 
 def tile(image: np.ndarray, size: int) -> tuple[np.ndarray, Grid]:

@@ -208,7 +208,13 @@ def make_train_step(model, tx, schedule, config) -> Callable:
         loss, rec, aux['loss'], grad_norm,
         gan_measurements.get('gan/disc_loss', jnp.zeros(()))]).astype(
             jnp.float32)                              # NONFINITE_ORDER
-    finite = jnp.all(jnp.isfinite(checked))
+    # The non-trainable collections first (in `nonfinite_names` order): they
+    # are updated inside the forward pass, before the loss, so a diverging
+    # PCA basis or codebook is named rather than the loss it poisons.
+    bad = jnp.concatenate([
+        _nonfinite_leaves({k: new_cols.get(k, state[k]) for k in cols}),
+        ~jnp.isfinite(checked)])
+    finite = ~jnp.any(bad)
 
     new_state = dict(state, params=params, opt_state=opt_state, **new_cols,
                      **gan_state)
@@ -223,7 +229,7 @@ def make_train_step(model, tx, schedule, config) -> Callable:
     new_state['first_nonfinite_step'] = jnp.where(
         first, step, state['first_nonfinite_step'])
     new_state['first_nonfinite_what'] = jnp.where(
-        first, jnp.argmax(~jnp.isfinite(checked)).astype(jnp.int32),
+        first, jnp.argmax(bad).astype(jnp.int32),
         state['first_nonfinite_what'])
 
     measurements = {
@@ -247,6 +253,24 @@ _NON_COLLECTION_KEYS = ('params', 'opt_state', 'step', 'rng', 'num_nonfinite',
 # VQGAN discriminator's hinge loss, 0 without it).
 NONFINITE_ORDER = ('loss', 'reconstruction_loss', 'bottleneck_loss',
                    'grad_norm', 'disc_loss')
+
+
+def _leaf_name(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+
+
+def _nonfinite_leaves(collections: Dict[str, Any]) -> jax.Array:
+  """`(n,)` bool: whether each leaf of `collections` holds a NaN/Inf."""
+  flags = [jnp.any(~jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact)
+           else jnp.zeros((), bool) for x in jax.tree.leaves(collections)]
+  return jnp.stack(flags) if flags else jnp.zeros((0,), bool)
+
+
+def nonfinite_names(state: State) -> Tuple[str, ...]:
+  """What `first_nonfinite_what` indexes: every leaf of the non-trainable
+  collections (`pca/<module>/basis`, ...), then `NONFINITE_ORDER`."""
+  leaves = jax.tree_util.tree_flatten_with_path(collections_of(state))[0]
+  return tuple(_leaf_name(p) for p, _ in leaves) + NONFINITE_ORDER
 
 
 def collections_of(state: State) -> Dict[str, Any]:
@@ -300,17 +324,37 @@ class NonFiniteError(FloatingPointError):
 
 def _check_finite(state: State, config) -> int:
   """Returns the number of skipped non-finite steps; raises on the first
-  one unless `config.skip_nonfinite_steps`."""
+  one unless `config.skip_nonfinite_steps`, with a one-line message naming
+  what went NaN/Inf first: a variable of a non-trainable collection (checked
+  first, as it is updated before the loss) or a measurement."""
   n = int(jax.device_get(state['num_nonfinite']))
   if n and not config.get('skip_nonfinite_steps', False):
     first = int(jax.device_get(state['first_nonfinite_step']))
-    what = NONFINITE_ORDER[int(jax.device_get(state['first_nonfinite_what']))]
+    what = nonfinite_names(state)[
+        int(jax.device_get(state['first_nonfinite_what']))]
+    stopped = ('The update was not applied and training stopped; the last '
+               'good checkpoint is intact.')
+    skip = ('or set config.skip_nonfinite_steps=True to skip such steps and '
+            'count them.')
+    pca_rate = ('config.model.bottleneck.learning_rate (the PCA\'s Hebbian '
+                'rate; unset, it follows config.optimizer.learning_rate) or '
+                'clip it with config.model.bottleneck.max_update_norm')
+    if what in NONFINITE_ORDER:
+      hint = 'Lower config.optimizer.learning_rate'
+      if config.model.bottleneck.get('kind') == 'pca':
+        hint += f' (and/or {pca_rate})'
+      raise NonFiniteError(
+          f'Non-finite {what} at step {first} (the first non-finite '
+          f'measurement of that step, checked in the order '
+          f'{NONFINITE_ORDER}, after every non-trainable variable stayed '
+          f'finite). {stopped} {hint}, {skip}')
+    hint = (f'Lower {pca_rate}' if what.startswith('pca/') else
+            'Check the bottleneck\'s own update keys '
+            '(config.model.bottleneck.*, e.g. decay)')
     raise NonFiniteError(
-        f'Non-finite {what} at step {first} (the first non-finite measurement '
-        f'of that step, checked in the order {NONFINITE_ORDER}). The update '
-        'was not applied and training stopped; the last good checkpoint is '
-        'intact. Lower config.optimizer.learning_rate, or set '
-        'config.skip_nonfinite_steps=True to skip such steps and count them.')
+        f'Non-finite variable at step {first}: {what} (non-trainable, updated '
+        f'by the bottleneck outside the gradient) went NaN/Inf first, before '
+        f'the loss. {stopped} {hint}, {skip}')
   return n
 
 

@@ -54,8 +54,8 @@ def test_every_level_is_finite_and_takes_its_values(level):
 
 def test_fsq_layer_with_a_level_of_two_is_finite_with_finite_gradients():
   """`levels=2-5` used to give NaN codes (and a NaN loss at step 0)."""
-  layer = bottlenecks.FSQBottleneck(levels=(2, 5))
-  h = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 8)) * 2
+  layer = bottlenecks.FSQBottleneck(levels=(2, 5))  # D = 2: no projection
+  h = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 2)) * 2
   variables = layer.init(jax.random.PRNGKey(1), h, train=True)
 
   def loss(x):

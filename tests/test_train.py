@@ -13,8 +13,11 @@ from PIL import Image
 from conftest import ROOT, tiny_config
 from pcavae import configlib
 from pcavae import reconstruct
+from pcavae import tiling
 from pcavae import train
+from pcavae import viz
 from pcavae import writers
+from pcavae.data import image_folder
 
 
 def test_train_and_evaluate_writes_outputs_and_resumes(tmp_path):
@@ -46,19 +49,40 @@ def test_train_and_evaluate_writes_outputs_and_resumes(tmp_path):
   assert [r['step'] for r in records if 'loss' in r] == [2, 4, 6, 8, 9]
   assert '9' in os.listdir(os.path.join(workdir, 'checkpoints'))
 
-  # The restored model reconstructs a folder with one jitted function.
+  # The restored model reconstructs a folder with one jitted function, and
+  # each PNG is the model's own output on the preprocessed input (within one
+  # level of uint8 rounding: batches differ in padding, so floats may too).
   inp = tmp_path / 'in'
   (inp / 'sub').mkdir(parents=True)
   rng = np.random.default_rng(0)
   for name in ('a.png', 'sub/b.jpg'):
     Image.fromarray(rng.integers(0, 255, (40, 30, 3), np.uint8)).save(
         inp / name)
-  out = tmp_path / 'out'
-  written = reconstruct.reconstruct_folder(workdir, str(inp), str(out),
-                                           batch_size=4)
-  assert sorted(os.path.relpath(p, out) for p in written) == [
-      'a.png', os.path.join('sub', 'b.png')]
-  assert np.asarray(Image.open(out / 'a.png')).shape == (16, 16, 3)
+  config, model, variables, _ = train.restore_model(workdir)
+
+  def own_output(image):  # (H, W, 3) uint8 -> the model's uint8 output
+    tiles, grid = tiling.tile(image.astype(np.float32) / 127.5 - 1, 16)
+    recon, _ = model.apply(variables, tiles, train=False)
+    return viz.to_uint8(tiling.untile(np.asarray(recon), grid))
+
+  for full_size in (True, False):
+    out = tmp_path / f'out_{full_size}'
+    result = reconstruct.reconstruct_folder(workdir, str(inp), str(out),
+                                            batch_size=4, full_size=full_size,
+                                            lpips=False, progress=False)
+    assert sorted(os.path.relpath(p, out) for p in result.written) == [
+        'a.png', os.path.join('sub', 'b.png')]
+    assert not result.skipped
+    for name in ('a', 'sub/b'):
+      source = next(inp.glob(name + '.*'))
+      image = image_folder.read_rgb(str(source))
+      if not full_size:
+        image = image_folder.load_image(str(source), config.resolution)
+      written = np.asarray(Image.open(out / (name + '.png')))
+      assert written.shape == ((40, 30, 3) if full_size else (16, 16, 3))
+      diff = np.abs(written.astype(int) - own_output(image).astype(int))
+      assert diff.max() <= 1, (name, full_size, diff.max())
+      assert written.std() > 0
 
 
 @pytest.mark.parametrize('key,value,match', [

@@ -45,7 +45,10 @@ def main(argv):
   from pcavae import train  # pylint: disable=g-import-not-at-top
   # A bad config fails before the workdir exists; a workdir that cannot be
   # made is one line naming it, not a traceback from deep inside training.
-  configlib.validate(_CONFIG.value)
+  try:
+    configlib.validate(_CONFIG.value)
+  except ValueError as e:
+    raise SystemExit(f'Invalid config: {e}') from None
   workdir = cli.make_workdir(_WORKDIR.value)
   final = train.train_and_evaluate(_CONFIG.value, workdir,
                                    config_mismatch=_CONFIG_MISMATCH.value)

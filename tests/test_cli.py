@@ -183,3 +183,12 @@ def test_bad_paths_are_one_line_errors(tmp_path):
   assert res.stderr.strip().splitlines()[-1] == (
       'Cannot create --workdir=/proc/pcavae_cannot_be_here/run: No such file '
       'or directory.')
+  # A bad key: one line naming it, and no workdir left behind.
+  res = _run([sys.executable, '-m', 'pcavae.main', CONFIG,
+              f'--workdir={tmp_path / "bad"}'] + TINY +
+             ['--config.model.bottleneck.num_components=99'])
+  assert res.returncode != 0 and 'Traceback' not in res.stderr
+  last = res.stderr.strip().splitlines()[-1]
+  assert last.startswith('Invalid config: config.model.bottleneck.'
+                         'num_components=99 (Q) exceeds'), last
+  assert not (tmp_path / 'bad').exists()

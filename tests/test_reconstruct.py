@@ -42,3 +42,18 @@ def test_output_names_keep_the_extension_only_on_a_clash(tmp_path):
                                        'sub/c.PNG')]
   assert reconstruct.output_names(paths, str(tmp_path)) == [
       'a.jpg.png', 'a.png.png', 'b.png', 'sub/c.png']
+
+
+def test_list_inputs_skips_hidden_files_and_the_output_folder(tmp_path):
+  for name in ('b.png', 'a.JPG', 'notes.txt', '.hidden.png', 'sub/c.webp',
+               'out/old.png', '.git/x.png'):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(b'')
+  found, other = reconstruct.list_inputs(str(tmp_path),
+                                         exclude=str(tmp_path / 'out'))
+  assert [p[len(str(tmp_path)) + 1:] for p in found] == [
+      'a.JPG', 'b.png', 'sub/c.webp']
+  assert [(p[len(str(tmp_path)) + 1:], r) for p, r in other] == [
+      ('notes.txt', 'not an image file (extension .txt)')]
+  one = str(tmp_path / 'b.png')
+  assert reconstruct.list_inputs(one) == ([one], [])

@@ -13,7 +13,9 @@ are also written to `<root>/results.md` and `<root>/results.json`.
 
 A finished family is not retrained (its workdir is resumed at its last
 step and only evaluated), so an interrupted sweep continues where it
-stopped. `--families=vqvae,fsq` runs a subset.
+stopped. `--families=vqvae,fsq` runs a subset. `--quick` is a smoke run of
+the same script (16 px, channels 8/16, 2 steps, 16 eval images, no LPIPS;
+`configlib.shrink_for_smoke_run`), not a measurement.
 """
 
 import json
@@ -47,6 +49,8 @@ _STEPS = flags.DEFINE_integer('steps', 0, 'Train steps for every family; 0 '
                               'keeps the runlocal default (1500).')
 _FAMILIES = flags.DEFINE_list('families', list(FAMILIES),
                               'Config families (configs/<name>.py) to run.')
+_QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: tiny models, 2 steps '
+                           '(configlib.shrink_for_smoke_run).')
 
 
 def _fmt(value, spec):
@@ -78,6 +82,8 @@ def main(argv):
       config.eval_every_steps = _STEPS.value
       config.checkpoint_every_steps = _STEPS.value
     config.tensorboard = False
+    if _QUICK.value:
+      configlib.shrink_for_smoke_run(config, steps=_STEPS.value or 2)
     workdir = os.path.join(_ROOT.value, family)
     t0 = time.perf_counter()
     final = train.train_and_evaluate(config, workdir)

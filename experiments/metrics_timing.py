@@ -1,14 +1,18 @@
 """Eval cost of LPIPS-alex, LPIPS-vgg and FID Inception features.
 
     python experiments/metrics_timing.py [--size 64] [--batch 50] [--num 200]
+    python experiments/metrics_timing.py --quick --json=/tmp/timing.json
 
 Times `--num` images (after one warm-up batch that includes compilation) in
 batches of `--batch` at `--size`x`--size` RGB, and prints seconds per 1000
 images, extrapolated linearly. Inception needs the converted weights
 (`python -m pcavae.metrics.convert_inception`); it is skipped otherwise.
+`--json` also writes the rows (metric, images timed, seconds). `--quick` is a
+smoke run (2 images of 32x32, no 2048-d Frechet timing), not a measurement.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -36,7 +40,14 @@ def main():
   parser.add_argument('--size', type=int, default=64)
   parser.add_argument('--batch', type=int, default=50)
   parser.add_argument('--num', type=int, default=200)
+  parser.add_argument('--json', default=None,
+                      help='Also write the rows to this JSON file.')
+  parser.add_argument('--quick', action='store_true',
+                      help='Smoke run: --size 32 --batch 2 --num 2, no '
+                      'Frechet timing.')
   args = parser.parse_args()
+  if args.quick:
+    args.size, args.batch, args.num = 32, 2, 2
 
   rng = np.random.default_rng(0)
   nb = max(1, args.num // args.batch)
@@ -60,6 +71,7 @@ def main():
   else:
     c, t = _time(feats, [(x,) for x in xs])
     rows.append(('inception_pool3', c, t))
+  if not args.quick and 'inception_pool3' in [r[0] for r in rows]:
     # Frechet distance itself (2048-d): covariances + matrix square root.
     from pcavae.metrics import rfid_from_features  # pylint: disable=g-import-not-at-top
     f = extract_features(feats, xs[0], batch_size=args.batch)
@@ -73,6 +85,12 @@ def main():
   print(f'{"metric":<18}{"warmup+compile s":>18}{"s / 1000 images":>18}')
   for name, c, t in rows:
     print(f'{name:<18}{c:>18.2f}{t / n * 1000:>18.2f}')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump([{'metric': name, 'images': n, 'size': args.size,
+                  'batch': args.batch, 'compile_seconds': c,
+                  'seconds_per_1000': t / n * 1000} for name, c, t in rows],
+                f, indent=1)
 
 
 if __name__ == '__main__':

@@ -24,6 +24,9 @@ codebook dimension from each run's own z_e spectrum.
 A finished run is not retrained (its workdir resumes at its last step and
 is only evaluated), so an interrupted study continues where it stopped;
 `--runs=vq_scratch` runs a subset; `--report_only` only rewrites the report.
+`--quick` is a smoke run of the same script (16 px, channels 8/16, 4 steps
+with the warm-up switch at 2 and evals at 2 and 4;
+`configlib.shrink_for_smoke_run`), not a measurement.
 """
 
 import json
@@ -65,6 +68,9 @@ _EVAL_EVERY = flags.DEFINE_integer('eval_every', 250, 'Steps between evals '
 _RUNS = flags.DEFINE_list('runs', list(RUNS), 'Runs to train.')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Do not train; '
                                  'write the report from existing workdirs.')
+_QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: tiny models, 4 steps, '
+                           'warm-up 2, evals every 2 '
+                           '(configlib.shrink_for_smoke_run).')
 
 
 def config_spec(run: str, warmup_steps: int) -> str:
@@ -78,6 +84,8 @@ def config_spec(run: str, warmup_steps: int) -> str:
 
 def make_config(run: str):
   config = configlib.load(config_spec(run, _WARMUP.value))
+  if _QUICK.value:
+    configlib.shrink_for_smoke_run(config, steps=_STEPS.value)
   if _STEPS.value:
     config.num_train_steps = _STEPS.value
   config.eval_every_steps = _EVAL_EVERY.value
@@ -205,6 +213,10 @@ def plot(results, path):
 
 def main(argv):
   del argv
+  if _QUICK.value:
+    # Read by make_config, collect and plot alike.
+    flags.FLAGS.steps, flags.FLAGS.warmup_steps = 4, 2
+    flags.FLAGS.eval_every = 2
   root = _ROOT.value
   os.makedirs(root, exist_ok=True)
   results = {}

@@ -310,3 +310,33 @@ def differences(saved: Any, new: Any, ignore=RESUMABLE_KEYS):
     if a.get(key, '<absent>') != b.get(key, '<absent>'):
       out.append((key, a.get(key, '<absent>'), b.get(key, '<absent>')))
   return out
+
+
+def shrink_for_smoke_run(config: ml_collections.ConfigDict, steps: int
+                         ) -> ml_collections.ConfigDict:
+  """A `runlocal` config cut down to a seconds-long smoke run, in place.
+
+  The experiments' `--quick` modes (run by tests/test_experiments.py): 16 px
+  images, channels (8, 16), one residual layer, batch 8, `steps` train
+  steps with one eval at the end over 16 images, no LPIPS or TensorBoard.
+  The latent dimension and the bottleneck keys are kept, so every family's
+  config stays valid and its bits per token unchanged.
+
+  Returns:
+    `config`, for chaining.
+  """
+  config.resolution = 16
+  config.batch_size = 8
+  config.num_train_steps = steps
+  config.log_every_steps = steps
+  config.eval_every_steps = steps
+  config.checkpoint_every_steps = steps
+  config.model.channels = (8, 16)
+  config.model.num_res_layers = 1
+  config.eval.batch_size = 8
+  config.eval.num_examples = 16
+  config.eval.grid_size = 4
+  config.eval.spectra_num_images = 16
+  config.eval.lpips = False
+  config.tensorboard = False
+  return config

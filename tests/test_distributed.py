@@ -50,6 +50,20 @@ def _state(workdir):
   return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}, step
 
 
+def _final_psnr(out: str) -> float:
+  """The eval PSNR a worker printed on its `FINAL pid devices psnr` line."""
+  lines = [line for line in out.splitlines() if line.startswith('FINAL ')]
+  assert len(lines) == 1, out[-4000:]
+  return float(lines[0].split()[3])
+
+
+def _assert_same_psnr(a: float, b: float) -> None:
+  # Parameters agree to ATOL; the eval PSNR over the same 16 images then
+  # agrees to far below 1e-4 dB (a process or device averaging only its own
+  # share of the images is off by tenths of a dB).
+  assert abs(a - b) < 1e-4, (a, b)
+
+
 def _assert_close(a, b):
   assert sorted(a) == sorted(b)
   assert any('pca' in k for k in a)  # the PCA state is compared too
@@ -67,6 +81,7 @@ def test_eight_devices_match_one_and_checkpoints_cross_device_counts(
   (a, step_a), (b, step_b) = _state(one), _state(eight)  # 8 -> 1 restore
   assert step_a == step_b == 5
   _assert_close(a, b)
+  _assert_same_psnr(_final_psnr(out[0]), _final_psnr(out[1]))
 
   # 1 -> 8: the one-device run resumes on eight devices for three more steps
   # and matches eight more steps on one device.
@@ -76,31 +91,84 @@ def test_eight_devices_match_one_and_checkpoints_cross_device_counts(
   (c, step_c), (d, _) = _state(one), _state(ref)
   assert step_c == 8
   _assert_close(c, d)
+  _assert_same_psnr(_final_psnr(out[0]), _final_psnr(out[1]))
 
 
 def test_parameter_sharded_mesh_matches_one_device(tmp_path):
   """data=4 x fsdp=2: params and Adam state split in two along their largest
   divisible dimension, the batch over all 8 devices."""
   sharded, one = tmp_path / 'fsdp', tmp_path / 'one'
-  _finish(_run(sharded, '4x2', 4, 8), _run(one, 1, 4, 1))
+  out = _finish(_run(sharded, '4x2', 4, 8), _run(one, 1, 4, 1))
   (a, _), (b, _) = _state(sharded), _state(one)
   _assert_close(a, b)
+  _assert_same_psnr(_final_psnr(out[0]), _final_psnr(out[1]))
+
+
+# The worker's config (tiny_config + its overrides) as command-line flags of
+# `python -m pcavae.main`, at 5 steps on a data mesh of 4 (2 processes x 2).
+_CLI_FLAGS = (
+    '--config.resolution=16', '--config.batch_size=8',
+    '--config.num_train_steps=5', '--config.log_every_steps=1',
+    '--config.eval_every_steps=5', '--config.checkpoint_every_steps=5',
+    '--config.model.channels=(8,16)', '--config.model.latent_dim=8',
+    '--config.model.num_res_layers=1',
+    '--config.model.bottleneck.num_components=4',
+    '--config.eval.batch_size=8', '--config.eval.num_examples=16',
+    '--config.eval.grid_size=4', '--config.eval.spectra_num_images=16',
+    '--config.eval.lpips=False', '--config.tensorboard=False',
+    '--config.optimizer.schedule=constant', '--config.mesh.data=4',
+    '--config.mesh.fsdp=1')
 
 
 def test_two_processes_on_loopback_match_one_process(tmp_path):
+  """Two processes started through the real command line
+  (`python -m pcavae.main --coordinator_address --num_processes
+  --process_id`) match one process of the worker on the same config."""
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   coord = f'127.0.0.1:{port}'
   multi, single = tmp_path / 'multi', tmp_path / 'single'
-  procs = [_run(multi, 4, 5, 2, extra=(coord, '2', str(pid)))
-           for pid in (0, 1)]
-  procs.append(_run(single, 1, 5, 1))
-  out = _finish(*procs)
-  assert 'FINAL 0 4' in out[0] and 'FINAL 1 4' in out[1]
-  (a, _), (b, _) = _state(multi), _state(single)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'pcavae.main',
+       '--config=' + os.path.join(ROOT, 'configs', 'pcavae.py') + ':runlocal',
+       f'--workdir={multi}', f'--coordinator_address={coord}',
+       '--num_processes=2', f'--process_id={pid}', *_CLI_FLAGS],
+      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for pid in (0, 1)]
+  one = _run(single, 1, 5, 1)
+  outs, errs = [], []
+  for p in procs:
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-4000:]
+    outs.append(out)
+    errs.append(err)
+  single_out = _finish(one)[0]
+  for pid in (0, 1):
+    assert f'jax.distributed: process {pid} of 2, 2 local / 4 devices' in (
+        errs[pid])
+  # Same config apart from the mesh: the flags above are the worker's.
+  with open(multi / 'config.json') as f:
+    multi_config = json.load(f)
+  with open(single / 'config.json') as f:
+    single_config = json.load(f)
+  assert multi_config['mesh']['data'] == 4
+  multi_config['mesh'] = single_config['mesh']
+  assert multi_config == single_config
+  (a, step), (b, _) = _state(multi), _state(single)
+  assert step == 5
   _assert_close(a, b)
-  # Only process 0 wrote logs.
+  # Only process 0 prints the final metrics and writes logs.
+  # (Gloo prints its connection lines on stdout too.)
+  printed = [[json.loads(line) for line in out.splitlines()
+              if line.startswith('{')] for out in outs]
+  assert len(printed[0]) == 1 and printed[1] == []
+  assert 'Outputs in' not in outs[1]
+  final = printed[0][0]
+  assert final['step'] == 5 and final['eval/num_images'] == 16
+  # The CLI prints values rounded to 4 decimals.
+  assert abs(final['eval/psnr'] - _final_psnr(single_out)) <= 1.5e-4
   with open(multi / 'metrics.jsonl') as f:
     steps = [line for line in f if '"loss"' in line]
   assert len(steps) == 5

@@ -300,3 +300,36 @@ def test_eval_reports_lpips_and_rfid_with_cached_real_stats(converted,
   resumed = train.train_and_evaluate(config, workdir)
   assert np.isfinite(resumed['eval/rfid_6'])
   assert os.stat(path).st_mtime_ns == before
+  _assert_eval_metrics_recomputed(workdir, resumed, num_examples=8,
+                                  rfid_images=6)
+
+
+def _assert_eval_metrics_recomputed(workdir: str, final: dict,
+                                    num_examples: int,
+                                    rfid_images: int) -> None:
+  """`eval/lpips_alex` and `eval/rfid_N` equal the same metrics recomputed
+  here from the restored model on the first images of the eval split: a
+  [0, 1] vs [-1, 1] slip, padded images in the mean or the wrong images in
+  the FID statistics all change them."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from pcavae import data  # pylint: disable=g-import-not-at-top
+  from pcavae import train  # pylint: disable=g-import-not-at-top
+  from pcavae.metrics import make_lpips  # pylint: disable=g-import-not-at-top
+  config, model, variables, _ = train.restore_model(workdir)
+  source = data.get_split(config.dataset, config.resolution, 'eval')
+  x = np.stack([np.asarray(source[i]) for i in range(num_examples)])
+  x = x.astype(np.float32) / 127.5 - 1.0
+  recon, _ = jax.jit(lambda v, a: model.apply(v, a, train=False))(variables,
+                                                                   x)
+  recon = np.asarray(recon)
+  # AlexNet needs 31 pixels: eval upsamples 16x16 images to 32x32 first.
+  up = lambda a: jax.image.resize(a, (a.shape[0], 32, 32, 3), 'bilinear')
+  lpips = make_lpips('alex')(up(jnp.asarray(x)), up(jnp.asarray(recon)))
+  np.testing.assert_allclose(final['eval/lpips_alex'],
+                             float(np.mean(np.asarray(lpips))), rtol=1e-6)
+  features = inception.make_inception_features()
+  real = np.asarray(features(x[:rfid_images]))
+  fake = np.asarray(features(recon[:rfid_images]))
+  np.testing.assert_allclose(
+      final[f'eval/rfid_{rfid_images}'],
+      fid_lib.rfid_from_features(real, fake, method='eigh'), rtol=1e-6)

@@ -94,3 +94,47 @@ def test_notebooks_run_top_to_bottom(experiment_dirs, monkeypatch):
       failures.append(f'{name}.ipynb drew no figure.')
   assert not failures, '\n\n'.join(failures)
   print('notebook seconds:', {k: round(v, 1) for k, v in times.items()})
+
+
+@pytest.mark.parametrize('cell', ['pca_8x8_q100', 'pca_global_q100'])
+def test_pca_traversal_values(experiment_dirs, cell):
+  """The strip at t = 0 is the plain eval reconstruction, and strip (j, t)
+  decodes the eval latent moved along component j only, by t sigma_j at each
+  location (computed here from the stored basis and coefficient variance;
+  `spatial` mode, where a location mix-up in the shift would show)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from pcavae import train  # pylint: disable=g-import-not-at-top
+  from pcavae import traversal  # pylint: disable=g-import-not-at-top
+  sweep, _ = experiment_dirs
+  config, model, variables, _ = train.restore_model(
+      os.path.join(sweep, 'runs', cell))
+  r = config.resolution
+  x = np.random.default_rng(0).uniform(-1, 1, (2, r, r, 3)).astype(
+      np.float32)
+  components, values = (0, 2), (-2.0, 0.0, 1.5)
+  strips, info = traversal.pca_traversal(model, variables, x, components,
+                                         values)
+  assert strips.shape == (2, 3, 2, r, r, 3)
+  plain, aux = jax.jit(lambda v, a: model.apply(v, a, train=False))(
+      variables, x)
+  for i in range(len(components)):
+    np.testing.assert_allclose(strips[i, 1], plain, atol=1e-5)
+  assert info['mean_abs_pixel_change'][0] > 0
+  if config.model.bottleneck.mode != 'spatial':
+    return
+  p = variables['pca']['bottleneck']
+  basis = np.asarray(p['basis'], np.float64)                    # (L, D, Q)
+  sigma = np.sqrt(np.maximum(np.asarray(p['coef_var'], np.float64), 0))
+  z_q = np.asarray(aux['z_q'], np.float64)
+  b, hh, ww, d = z_q.shape
+  decode = jax.jit(lambda v, z: model.apply(v, z,
+                                            method=lambda m, z: m.decode(z)))
+  for i, j in enumerate(components):
+    for k, t in enumerate(values):
+      # Location l = row * W + column moves by t sigma_lj along C_l[:, j].
+      move = t * sigma[:, j, None] * basis[:, :, j]             # (L, D)
+      moved = z_q + move.reshape(1, hh, ww, d)
+      np.testing.assert_allclose(
+          strips[i, k], decode(variables, moved.astype(np.float32)),
+          atol=1e-5, err_msg=f'component {j}, t = {t}')

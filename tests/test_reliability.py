@@ -193,6 +193,19 @@ def test_skip_nonfinite_steps_finishes_and_counts(tmp_path):
   assert counts[-1] == 4  # every update was non-finite and skipped
   variables, _ = _final_state(workdir)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
+  # Skipped means not applied at all: parameters and the PCA state (updated
+  # outside the gradient, so reverted separately if one forgot it) are
+  # exactly those of the initial state, as the trainer creates it.
+  model = train.create_model(config)
+  tx, _ = train.make_optimizer(config)
+  initial = jax.device_get(train.initialize(
+      train.make_init_fn(model, tx, config), jax.random.PRNGKey(config.seed),
+      None))
+  expected = {'params': initial['params'], **train.collections_of(initial)}
+  assert jax.tree.structure(variables) == jax.tree.structure(expected)
+  assert 'pca' in expected
+  for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(got, want)
 
 
 def test_workdir_with_a_different_config_refuses_to_resume(tmp_path):

@@ -180,3 +180,71 @@ def test_bfloat16_compute_keeps_float32_state(tmp_path):
   x = np.zeros((2, 16, 16, 3), np.float32)
   (_, aux) = model.apply(variables, x, train=False)
   assert aux['z_e'].dtype == np.dtype('bfloat16')  # activations in bf16
+
+
+# ---------------------------------------------------------------------------
+# PSNR and SSIM: unit values and the eval average over exactly the eval set.
+
+
+def test_psnr_unit_value():
+  from pcavae import metrics  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).uniform(0, 0.9, (3, 16, 16, 3))
+  x = x.astype(np.float32)
+  # MSE 0.01 at peak 1 is exactly 20 dB; a peak of 2 ([-1, 1]) gives 26 dB.
+  np.testing.assert_allclose(np.asarray(metrics.psnr(x, x + 0.1)), 20.0,
+                             atol=1e-4)
+  # The model range [-1, 1] maps to [0, 1] before PSNR: an error of 0.2 in
+  # model units is 0.1 in unit range, 20 dB again.
+  y = np.float32(2) * x - 1
+  np.testing.assert_allclose(
+      np.asarray(metrics.psnr(metrics.to_unit(y), metrics.to_unit(y + 0.2))),
+      20.0, atol=1e-3)
+
+
+def _skimage_ssim(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """SSIM per image with Gaussian 11x11 windows, sigma 1.5 (Wang et al.)."""
+  from skimage.metrics import structural_similarity  # pylint: disable=g-import-not-at-top
+  return np.array([
+      structural_similarity(a, b, data_range=1.0, channel_axis=-1,
+                            gaussian_weights=True, sigma=1.5,
+                            use_sample_covariance=False)
+      for a, b in zip(x.astype(np.float64), y.astype(np.float64))])
+
+
+def test_ssim_matches_skimage():
+  from pcavae import metrics  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  x = rng.uniform(0, 1, (3, 24, 24, 3)).astype(np.float32)
+  y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(metrics.ssim(x, y)),
+                             _skimage_ssim(x, y), atol=1e-4)
+
+
+def test_eval_psnr_ssim_average_exactly_the_eval_images(tmp_path):
+  """10 eval images at eval batch 8: the padded 6 of the second batch must
+  not enter the means (`eval/psnr`, `eval/ssim` recomputed here from the
+  restored model on the first 10 images of the eval split)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from pcavae import data  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run10')
+  config = tiny_config(num_train_steps=2, eval_every_steps=2)
+  config.eval.num_examples = 10
+  config.eval.lpips = False
+  config.eval.spectra_num_images = 0
+  final = train.train_and_evaluate(config, workdir)
+  assert final['eval/num_images'] == 10
+  _, model, variables, step = train.restore_model(workdir)
+  assert step == 2
+  source = data.get_split(config.dataset, config.resolution, 'eval')
+  images = np.stack([np.asarray(source[i]) for i in range(10)])
+  assert images.dtype == np.uint8
+  x = images.astype(np.float32) / 127.5 - 1.0
+  recon, _ = jax.jit(lambda v, a: model.apply(v, a, train=False))(variables,
+                                                                   x)
+  x01 = images.astype(np.float64) / 255.0
+  r01 = np.clip((np.asarray(recon, np.float64) + 1.0) / 2.0, 0.0, 1.0)
+  mse = np.mean(np.square(x01 - r01), axis=(1, 2, 3))
+  psnr = 10.0 * np.log10(1.0 / mse)
+  np.testing.assert_allclose(final['eval/psnr'], np.mean(psnr), rtol=1e-5)
+  np.testing.assert_allclose(final['eval/ssim'],
+                             np.mean(_skimage_ssim(x01, r01)), atol=1e-4)

@@ -1,0 +1,179 @@
+"""The README's experiment scripts, run in their quick (smoke) modes as
+subprocesses, with their written numbers checked against values computed
+here: closed forms of the data they generate, the runs' own metrics.jsonl,
+and the bit counts of the configs. The notebooks' experiments (budget sweep,
+traversal) run in tests/test_notebooks.py.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from conftest import ROOT
+from pcavae import evaluators
+from pcavae import writers
+
+
+def _run(script: str, *args: str, env=None) -> str:
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', script), *args],
+      cwd=ROOT, capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, **(env or {})))
+  assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+  return proc.stdout
+
+
+def _water_level(variances, rate_bits: float) -> float:
+  """Reverse water-filling level theta by bisection on log theta:
+  `sum_i max(0, log2(lambda_i / theta) / 2) = R`."""
+  lam = np.asarray(variances, np.float64)
+  lam = lam[lam > 0]
+  lo, hi = math.log(lam.min()) - 2 * rate_bits - 1, math.log(lam.max())
+  for _ in range(200):
+    mid = (lo + hi) / 2
+    rate = np.sum(np.maximum(0.0, 0.5 * np.log2(lam / math.exp(mid))))
+    lo, hi = (mid, hi) if rate > rate_bits else (lo, mid)
+  return math.exp((lo + hi) / 2)
+
+
+def _water_dim(variances, rate_bits: float) -> int:
+  """Components above the water level (those given a positive rate)."""
+  theta = _water_level(variances, rate_bits)
+  return int(np.sum(np.asarray(variances) > theta * (1 + 1e-9)))
+
+
+def _dim99(variances) -> int:
+  """Smallest k whose k largest variances hold 99% of the total."""
+  v = np.sort(np.asarray(variances, np.float64))[::-1]
+  return int(np.searchsorted(np.cumsum(v) / v.sum(), 0.99 - 1e-12) + 1)
+
+
+def _assert_png(path: str, size) -> None:
+  with Image.open(path) as im:
+    assert im.size == size, (path, im.size)
+    assert np.asarray(im).std() > 0  # drawn, not blank
+
+
+def test_synthetic_collapse_small(tmp_path):
+  out = str(tmp_path / 'collapse')
+  dim, latent, q, k, steps, warm = 16, 8, 4, 16, 60, 20
+  _run('synthetic_collapse.py', f'--out={out}', f'--dim={dim}',
+       f'--latent_dim={latent}', f'--q={q}', f'--k={k}', f'--steps={steps}',
+       f'--warmup_steps={warm}', '--eval_every=30', '--eval_samples=512',
+       '--batch_size=64')
+  with open(os.path.join(out, 'results.json')) as f:
+    written = json.load(f)
+  summary, results = written['summary'], written['results']
+  # The data: variances i^-2 scaled to mean 1, at R = log2 K = 4 bits.
+  lam = np.arange(1, dim + 1, dtype=np.float64) ** -2.0
+  lam = lam / lam.mean()
+  np.testing.assert_allclose(summary['data_variances'], lam, rtol=1e-12)
+  assert summary['rate_bits'] == 4.0
+  assert summary['data_dim99'] == _dim99(lam)
+  theta = _water_level(lam, 4.0)
+  assert summary['waterfilling_dim_data'] == _water_dim(lam, 4.0)
+  np.testing.assert_allclose(summary['rd_bound_rel_mse'],
+                             np.minimum(theta, lam).sum() / lam.sum(),
+                             rtol=1e-6)
+  with open(os.path.join(out, 'results.md')) as f:
+    md = f.read()
+  for method in ('vq', 'vq_warmup', 'pca'):
+    history = results[method]['history']
+    assert [h['step'] for h in history] == [0, 30, 60], method
+    final = results[method]['final']
+    assert final['rel_mse'] == history[-1]['rel_mse']
+    assert f"| {final['rel_mse']:.4f} |" in md
+    # Each dimension is that of the spectrum written beside it.
+    assert final['z_e_dim99'] == _dim99(final['z_e_variances'])
+    assert final['z_q_dim99'] == _dim99(np.square(final['z_q_spectrum']))
+    assert final['waterfilling_dim_latent'] == _water_dim(
+        final['z_e_variances'], 4.0)
+  # The PCA output lies in a Q-dimensional affine subspace.
+  assert results['pca']['final']['z_q_dim99'] <= q
+  assert len(results['pca']['final']['z_q_spectrum']) == latent
+  for method in ('vq', 'vq_warmup'):
+    final = results[method]['final']
+    assert 1 <= final['used_codes'] <= k
+    assert final['used_codebook_dim99'] <= min(latent, final['used_codes'])
+  _assert_png(os.path.join(out, 'synthetic_collapse.png'), (1500, 420))
+
+
+def test_warmup_study_quick(tmp_path):
+  root = str(tmp_path / 'warmup')
+  _run('warmup_study.py', '--quick', f'--root={root}')
+  with open(os.path.join(root, 'results.json')) as f:
+    results = json.load(f)
+  assert sorted(results) == ['pcavae', 'vq_scratch', 'vq_warmup']
+  # 16 px through two stride-2 stages: 4 x 4 tokens; VQ K = 1024 is 10 bits
+  # a token; PCA Q = 16 coefficients of 32 bits a token.
+  assert results['vq_scratch']['latent_bits'] == 16 * 10
+  assert results['vq_warmup']['latent_bits'] == 16 * 10
+  assert results['pcavae']['latent_bits'] == 16 * 16 * 32
+  for run, res in results.items():
+    assert [h['step'] for h in res['history']] == [2, 4], run
+    records = [r for r in writers.read_metrics(os.path.join(root, run))
+               if 'eval/psnr' in r]
+    assert res['history'][-1]['eval/psnr'] == records[-1]['eval/psnr']
+    assert res['final_spectra_step'] == 4
+  # The warm-up run switched its quantizer on at step 2, the others never.
+  switched = {run: [r['step'] for r in writers.read_metrics(
+      os.path.join(root, run)) if any(k.startswith('warmup/') for k in r)]
+              for run in results}
+  assert switched['vq_warmup'] and min(switched['vq_warmup']) >= 2
+  assert not switched['vq_scratch'] and not switched['pcavae']
+  # The water-filling prediction is that of the run's own final z_e
+  # spectrum at log2 K = 10 bits.
+  for run in ('vq_scratch', 'vq_warmup'):
+    step, last = evaluators.load_spectra(os.path.join(root, run))[-1]
+    assert step == 4
+    assert results[run]['waterfilling_dim_z_e'] == _water_dim(
+        np.square(last['z_e']), 10.0)
+    assert results[run]['rate_bits_per_token'] == 10.0
+  _assert_png(os.path.join(root, 'warmup_study.png'), (1400, 420))
+
+
+def test_baselines_runlocal_quick(tmp_path):
+  root = str(tmp_path / 'baselines')
+  stdout = _run('baselines_runlocal.py', '--quick', f'--root={root}',
+                '--families=pcavae,vqvae,fsq')
+  with open(os.path.join(root, 'results.json')) as f:
+    rows = {r['family']: r for r in json.load(f)}
+  assert sorted(rows) == ['fsq', 'pcavae', 'vqvae']
+  # Bits per image of the configs at 4 x 4 tokens: PCA Q = 16 at 32 bits,
+  # VQ log2 1024, FSQ levels (8, 5, 5, 5).
+  assert rows['pcavae']['bits'] == 16 * 16 * 32
+  assert rows['vqvae']['bits'] == 16 * 10
+  assert rows['fsq']['bits'] == math.ceil(16 * math.log2(8 * 5 * 5 * 5))
+  with open(os.path.join(root, 'results.md')) as f:
+    md = f.read()
+  for family, row in rows.items():
+    assert row['steps'] == 2 and row['num_images'] == 16
+    assert row['lpips'] is None  # --quick turns LPIPS off
+    last = [r for r in writers.read_metrics(os.path.join(root, family))
+            if 'eval/psnr' in r][-1]
+    assert last['step'] == 2
+    assert row['psnr'] == last['eval/psnr']
+    assert row['ssim'] == last['eval/ssim']
+    assert row['usage'] == last.get('eval/codebook_usage')
+    assert f"| {row['name']} | {row['psnr']:.2f} | {row['ssim']:.3f} |" in md
+    assert json.dumps(row) in stdout
+  assert rows['pcavae']['usage'] is None
+  assert rows['vqvae']['usage'] is not None
+
+
+def test_metrics_timing_quick(tmp_path):
+  path = str(tmp_path / 'timing.json')
+  # An empty cache: no Inception weights, so that part is skipped (it needs
+  # the one-time conversion; tests/test_fid.py covers it).
+  _run('metrics_timing.py', '--quick', f'--json={path}',
+       env={'PCAVAE_CACHE': str(tmp_path / 'empty_cache')})
+  with open(path) as f:
+    rows = {r['metric']: r for r in json.load(f)}
+  assert sorted(rows) == ['lpips_alex', 'lpips_vgg']
+  for r in rows.values():
+    assert (r['images'], r['size'], r['batch']) == (2, 32, 2)

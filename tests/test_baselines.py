@@ -539,6 +539,30 @@ def test_vqgan_gradient_matches_direct_computation():
                state['disc_params'])
 
 
+def test_vqgan_step_divides_the_kl_term_as_the_plain_step():
+  # kl.py:gan through the real train step: the KL term added to the loss is
+  # kl_weight * KL per image / (H W 3), as without the VQGAN objective.
+  config = tiny_config('kl', 'runlocal,gan', **{
+      'loss.perceptual_weight': 0.0, 'loss.disc_layers': 2,
+      'loss.disc_filters': 4})
+  model = train.create_model(config)
+  tx, schedule = train.make_optimizer(config)
+  state = jax.jit(train.make_init_fn(model, tx, config))(
+      jax.random.PRNGKey(0))
+  batch = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3),
+                             minval=-1)
+  _, meas = jax.jit(train.make_train_step(model, tx, schedule, config))(
+      state, batch)
+  assert 'gan/disc_loss' in meas
+  kl = float(meas['bottleneck/kl'])
+  assert kl > 0
+  np.testing.assert_allclose(meas['bottleneck_loss'],
+                             1e-6 * kl / (16 * 16 * 3), rtol=1e-5)
+  np.testing.assert_allclose(
+      meas['loss'], meas['reconstruction_loss'] + meas['bottleneck_loss'],
+      rtol=1e-6)   # step 0 < disc_start: no adversarial term
+
+
 # ---------------------------------------------------------------------------
 # Configs and end-to-end smoke runs.
 # ---------------------------------------------------------------------------

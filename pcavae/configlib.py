@@ -12,6 +12,7 @@ from typing import Any, Dict
 import ml_collections
 
 from pcavae import data
+from pcavae import losses
 from pcavae.models import bottlenecks
 
 _POSITIVE_INTS = ('batch_size', 'num_train_steps', 'log_every_steps',
@@ -20,7 +21,7 @@ _POSITIVE_INTS = ('batch_size', 'num_train_steps', 'log_every_steps',
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('exponential', 'cosine', 'constant')
 CONV_ALGORITHMS = ('auto', 'direct', 'winograd')
-RECONSTRUCTION_LOSSES = ('mse', 'l1')
+RECONSTRUCTION_LOSSES = losses.RECONSTRUCTION_CHOICES
 
 
 # Keys of `config.model.bottleneck` that configure the trainer's AE warm-up
@@ -178,6 +179,10 @@ def _validate_loss(config: ml_collections.ConfigDict) -> None:
   kind = lc.get('kind', 'reconstruction')
   if kind not in LOSS_KINDS:
     raise ValueError(f'config.loss.kind={kind!r}; choose one of {LOSS_KINDS}.')
+  norm = lc.get('kl_normalization', 'ldm')
+  if norm not in losses.KL_NORMALIZATIONS:
+    raise ValueError(f'config.loss.kl_normalization={norm!r}; choose one of '
+                     f'{losses.KL_NORMALIZATIONS}.')
   if kind != 'vqgan':
     return
   from pcavae.models import discriminator  # pylint: disable=g-import-not-at-top

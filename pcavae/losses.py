@@ -1,6 +1,7 @@
 """Pure loss functions."""
 
-from typing import Tuple
+import math
+from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,59 @@ def l1(x: Array, y: Array) -> Array:
 
 
 RECONSTRUCTION = {'mse': mse, 'l1': l1}
+# `config.loss.reconstruction`: a key of RECONSTRUCTION, or 'auto'.
+RECONSTRUCTION_CHOICES = tuple(RECONSTRUCTION) + ('auto',)
+
+
+def reconstruction_name(reconstruction: str, objective: str) -> str:
+  """`config.loss.reconstruction` resolved against `config.loss.kind`.
+
+  'auto' is each objective's authors' pixel loss: L1 under the VQGAN
+  objective (taming-transformers), MSE under the plain reconstruction
+  objective (the PCA-VAE reference); any other name is returned as is.
+
+  Args:
+    reconstruction: 'mse', 'l1' or 'auto'.
+    objective: `config.loss.kind`, 'reconstruction' or 'vqgan'.
+
+  Returns:
+    A key of `RECONSTRUCTION`.
+  """
+  if reconstruction != 'auto':
+    return reconstruction
+  return 'l1' if objective == 'vqgan' else 'mse'
+
+
+# `config.loss.kl_normalization` (KL bottleneck only).
+KL_NORMALIZATIONS = ('ldm', 'none')
+
+
+def kl_loss_scale(image_shape: Sequence[int], normalization: str = 'ldm'
+                  ) -> float:
+  """The factor on a per-image KL term that puts it in latent-diffusion units.
+
+  latent-diffusion (`LPIPSWithDiscriminator`, contperceptual.py) adds
+  `kl_weight * sum(KL) / B` (summed over latent elements) to
+  `sum(rec) / B` (summed over pixels and channels). The reconstruction loss
+  here is a mean over elements, i.e. LDM's divided by `H * W * C`, so the KL
+  term `kl_weight * KL_per_image` must be divided by the same number for the
+  two to stand in LDM's ratio: with 'ldm', `kl_weight = 1e-6` regularises as
+  it does in latent diffusion at every resolution. 'none' keeps the KL term
+  as is (`H * W * C` times LDM's weight: what this trainer did before).
+
+  Args:
+    image_shape: `(B, H, W, C)` of the images the reconstruction loss sees.
+    normalization: one of `KL_NORMALIZATIONS`.
+
+  Returns:
+    `1 / (H * W * C)` for 'ldm', 1 for 'none'.
+  """
+  if normalization == 'ldm':
+    return 1.0 / math.prod(image_shape[1:])
+  if normalization == 'none':
+    return 1.0
+  raise ValueError(f'config.loss.kl_normalization={normalization!r}; choose '
+                   f'one of {KL_NORMALIZATIONS}.')
 
 
 # ---------------------------------------------------------------------------
@@ -92,7 +146,8 @@ def gaussian_kl(mean: Array, logvar: Array) -> Array:
 
   The closed form `0.5 * sum(mean^2 + var - 1 - logvar)` over every
   non-batch axis, averaged over the batch, as latent-diffusion's
-  `DiagonalGaussianDistribution.kl` and `LPIPSWithDiscriminator` use it.
+  `DiagonalGaussianDistribution.kl` and `LPIPSWithDiscriminator` use it
+  (`kl_loss_scale` puts it against a per-element reconstruction loss).
   """
   mean = mean.astype(jnp.float32)
   logvar = logvar.astype(jnp.float32)

@@ -170,9 +170,33 @@ def jit_train_step(model, tx, schedule, config: ml_collections.ConfigDict,
       donate_argnums=(0,))
 
 
+def bottleneck_loss_scale(config: ml_collections.ConfigDict,
+                          image_shape: Tuple[int, ...]) -> float:
+  """The factor on the bottleneck's `aux['loss']` in the training loss.
+
+  The reconstruction loss is a per-element mean and every bottleneck's loss
+  is in the same units as its authors', against a per-element mean too
+  (taming, vector-quantize-pytorch, FSQ, LFQ), except the KL: latent
+  diffusion weighs its per-image KL against a reconstruction loss summed
+  over each image's pixels, so it is divided by `H * W * C`
+  (`config.loss.kl_normalization`, `losses.kl_loss_scale`).
+  """
+  if config.model.bottleneck.kind != 'kl':
+    return 1.0
+  return losses.kl_loss_scale(image_shape,
+                              config.loss.get('kl_normalization', 'ldm'))
+
+
 def make_train_step(model, tx, schedule, config) -> Callable:
-  """`(state, batch) -> (state, measurements)`; pure, to be jitted."""
-  rec_loss_fn = losses.RECONSTRUCTION[config.loss.reconstruction]
+  """`(state, batch) -> (state, measurements)`; pure, to be jitted.
+
+  Loss: `reconstruction(recon, batch) + scale * aux['loss']` (mean over
+  elements; `scale` from `bottleneck_loss_scale`), or the VQGAN objective's
+  (pcavae/vqgan.py) when `config.loss.kind='vqgan'`. `bottleneck_loss` in
+  the measurements is the scaled term, as added.
+  """
+  rec_loss_fn = losses.RECONSTRUCTION[losses.reconstruction_name(
+      config.loss.reconstruction, config.loss.get('kind', 'reconstruction'))]
   # The VQGAN objective (config.loss.kind='vqgan') replaces the gradient
   # computation and updates the discriminator in the same step.
   gan_grad_fn = (vqgan.make_grad_fn(model, config, rec_loss_fn)
@@ -191,16 +215,19 @@ def make_train_step(model, tx, schedule, config) -> Callable:
                         rngs={'sample': rng})
       (recon, aux), new_cols = out if cols else (out, {})
       rec = rec_loss_fn(recon, batch)
+      aux = dict(aux, loss=scale * aux['loss'])
       loss = rec + aux['loss']
       return loss, (dict(new_cols), aux, rec)
 
+    scale = bottleneck_loss_scale(config, batch.shape)  # static shapes
     gan_state, gan_measurements = {}, {}
     if gan_grad_fn is None:
       (loss, (new_cols, aux, rec)), grads = jax.value_and_grad(
           loss_fn, has_aux=True)(state['params'])
     else:
       (loss, new_cols, aux, rec, grads, gan_state,
-       gan_measurements) = gan_grad_fn(state, batch, lr, rng, cols)
+       gan_measurements) = gan_grad_fn(state, batch, lr, rng, cols,
+                                       bottleneck_scale=scale)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     grad_norm = _tree_norm(grads)

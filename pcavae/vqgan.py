@@ -5,7 +5,9 @@ minimises
 
   L = L_pix + perceptual_weight * LPIPS + lambda * L_G + L_bottleneck,
 
-with `L_pix` the configured `config.loss.reconstruction` ('l1' in VQGAN),
+with `L_pix` the configured `config.loss.reconstruction` (its default
+'auto' is L1 here, as in taming), `L_bottleneck` the bottleneck's loss (the
+KL scaled to latent-diffusion units, `train.bottleneck_loss_scale`),
 `L_G = -mean D(x_hat)` and the adaptive weight
 
   lambda = clip(||grad_last L_rec|| / (||grad_last L_G|| + 1e-4), 0, 1e4)
@@ -96,9 +98,10 @@ def make_grad_fn(model, config: ml_collections.ConfigDict,
                  rec_loss_fn: Callable[[Array, Array], Array]) -> Callable:
   """Returns the VQGAN part of the train step.
 
-  `grad_fn(state, batch, lr, rng, cols) -> (loss, new_cols, aux, rec, grads,
-  gan_state, measurements)`: the generator's total loss, the updated
-  non-trainable collections, the bottleneck's aux, `L_rec` (pixel +
+  `grad_fn(state, batch, lr, rng, cols, bottleneck_scale=1.0) -> (loss,
+  new_cols, aux, rec, grads, gan_state, measurements)`: the generator's total
+  loss, the updated non-trainable collections, the bottleneck's aux (its
+  `loss` times `bottleneck_scale`, as added to the total), `L_rec` (pixel +
   weighted perceptual; the trainer logs it as `reconstruction_loss`), the
   gradient w.r.t. `state['params']`, the updated `disc_params` /
   `disc_opt_state`, and `gan/...` scalars (`gan/pixel_loss`,
@@ -110,13 +113,14 @@ def make_grad_fn(model, config: ml_collections.ConfigDict,
   perceptual = make_perceptual(config)
 
   def grad_fn(state: State, batch: Array, lr: Array, rng: Array,
-              cols: Tuple[str, ...]):
+              cols: Tuple[str, ...], bottleneck_scale: float = 1.0):
     def forward(params):
       variables = {'params': params, **{k: state[k] for k in cols}}
       out = model.apply(variables, batch, train=True, lr=lr,
                         mutable=list(cols) if cols else False,
                         rngs={'sample': rng})
       (recon, aux), new_cols = out if cols else (out, {})
+      aux = dict(aux, loss=bottleneck_scale * aux['loss'])
       return (recon, aux['loss']), (aux, dict(new_cols))
 
     (recon, bottleneck_loss), pullback, (aux, new_cols) = jax.vjp(

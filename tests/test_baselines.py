@@ -355,6 +355,67 @@ def test_kl_closed_form_sampling_and_clamp():
   np.testing.assert_allclose(aux['posterior_std'], math.exp(10), rtol=1e-5)
 
 
+def _ldm_kl_and_rec_terms(x, x_hat, mean, logvar, kl_weight, p_loss=None,
+                          perceptual_weight=1.0):
+  """latent-diffusion's `LPIPSWithDiscriminator` terms, by hand in numpy.
+
+  contperceptual.py:48-60 with its output log-variance at its init (0):
+  `rec = |x - x_hat| (+ perceptual_weight * LPIPS, one value per image
+  broadcast over its pixels)`, `nll = sum(rec) / B`, `kl = sum(KL) / B`
+  with distributions.py's `0.5 * (mean^2 + var - 1 - logvar)` summed over
+  every latent element. Returns `(kl_weight * kl, nll)`.
+  """
+  x, x_hat, mean, logvar = (np.asarray(a, np.float64)
+                            for a in (x, x_hat, mean, logvar))
+  b = x.shape[0]
+  rec = np.abs(x - x_hat)
+  if p_loss is not None:
+    rec = rec + perceptual_weight * np.asarray(
+        p_loss, np.float64).reshape(b, 1, 1, 1)
+  nll = np.sum(rec) / b
+  kl = np.sum(0.5 * (mean ** 2 + np.exp(logvar) - 1.0 - logvar)) / b
+  return kl_weight * kl, nll
+
+
+@pytest.mark.parametrize('res', [16, 32])
+def test_kl_term_stands_to_the_reconstruction_as_in_latent_diffusion(res):
+  # The same tensors through this trainer's loss terms and LDM's: the ratio
+  # KL term / reconstruction term is LDM's at every resolution.
+  config = configlib.load(os.path.join(ROOT, 'configs', 'kl.py')
+                          + ':runlocal')
+  config.resolution = res
+  assert config.model.bottleneck.kl_weight == 1e-6
+  assert config.loss.kl_normalization == 'ldm'
+  keys = jax.random.split(jax.random.PRNGKey(res), 5)
+  x = jax.random.uniform(keys[0], (3, res, res, 3), minval=-1)
+  x_hat = jnp.clip(x + 0.2 * jax.random.normal(keys[1], x.shape), -1, 1)
+  latent = (3, res // 4, res // 4, 4)
+  mean = jax.random.normal(keys[2], latent)
+  logvar = 0.5 * jax.random.normal(keys[3], latent) - 1.0
+  p_loss = jax.random.uniform(keys[4], (3,))    # LPIPS values, one per image
+  w = config.model.bottleneck.kl_weight
+  scale = train.bottleneck_loss_scale(config, x.shape)
+  ours_kl = scale * w * float(losses.gaussian_kl(mean, logvar))
+  ldm_kl, ldm_rec = _ldm_kl_and_rec_terms(x, x_hat, mean, logvar, w)
+  ratio = ours_kl / float(losses.l1(x_hat, x))
+  np.testing.assert_allclose(ratio, ldm_kl / ldm_rec, rtol=1e-5)
+  # With the perceptual term (the VQGAN objective adds its batch mean).
+  ldm_kl, ldm_rec = _ldm_kl_and_rec_terms(x, x_hat, mean, logvar, w, p_loss)
+  ours_rec = float(losses.l1(x_hat, x) + jnp.mean(p_loss))
+  np.testing.assert_allclose(ours_kl / ours_rec, ldm_kl / ldm_rec,
+                             rtol=1e-5)
+  # 'none' is the undivided term: res * res * 3 times LDM's weight.
+  config.loss.kl_normalization = 'none'
+  assert train.bottleneck_loss_scale(config, x.shape) == 1.0
+  assert scale == pytest.approx(1 / (res * res * 3))
+  # Every other bottleneck's loss is added as it is (per-element means on
+  # both sides, as in its authors' code).
+  for family in ('vqvae', 'ema_vq', 'simvq', 'vqgan_fc', 'fsq', 'lfq', 'ae'):
+    other = configlib.load(os.path.join(ROOT, 'configs', f'{family}.py')
+                           + ':runlocal')
+    assert train.bottleneck_loss_scale(other, x.shape) == 1.0
+
+
 def test_hinge_generator_and_adaptive_weight_by_hand():
   real = jnp.asarray([2.0, 0.5, -1.0])
   fake = jnp.asarray([-2.0, 0.0, 1.0])
@@ -478,6 +539,30 @@ def test_vqgan_gradient_matches_direct_computation():
                state['disc_params'])
 
 
+def test_vqgan_step_divides_the_kl_term_as_the_plain_step():
+  # kl.py:gan through the real train step: the KL term added to the loss is
+  # kl_weight * KL per image / (H W 3), as without the VQGAN objective.
+  config = tiny_config('kl', 'runlocal,gan', **{
+      'loss.perceptual_weight': 0.0, 'loss.disc_layers': 2,
+      'loss.disc_filters': 4})
+  model = train.create_model(config)
+  tx, schedule = train.make_optimizer(config)
+  state = jax.jit(train.make_init_fn(model, tx, config))(
+      jax.random.PRNGKey(0))
+  batch = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3),
+                             minval=-1)
+  _, meas = jax.jit(train.make_train_step(model, tx, schedule, config))(
+      state, batch)
+  assert 'gan/disc_loss' in meas
+  kl = float(meas['bottleneck/kl'])
+  assert kl > 0
+  np.testing.assert_allclose(meas['bottleneck_loss'],
+                             1e-6 * kl / (16 * 16 * 3), rtol=1e-5)
+  np.testing.assert_allclose(
+      meas['loss'], meas['reconstruction_loss'] + meas['bottleneck_loss'],
+      rtol=1e-6)   # step 0 < disc_start: no adversarial term
+
+
 # ---------------------------------------------------------------------------
 # Configs and end-to-end smoke runs.
 # ---------------------------------------------------------------------------
@@ -492,12 +577,47 @@ def test_every_baseline_config_is_valid():
       assert c.loss.kind == ('vqgan' if 'gan' in arg else 'reconstruction')
 
 
+def _config_from_command_line(*args):
+  """The config `python -m pcavae.main` builds from these flags."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  argv = ['main'] + list(args)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=flag_values,
+                                  lock_config=False, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+@pytest.mark.parametrize('arg', ['runlocal', ''])
+def test_gan_flag_and_loss_kind_override_give_the_same_config(arg):
+  for family in FAMILIES:
+    path = os.path.join(ROOT, 'configs', f'{family}.py')
+    by_flag = _config_from_command_line(
+        f'--config={path}:' + ','.join(a for a in (arg, 'gan') if a))
+    by_key = _config_from_command_line(f'--config={path}:{arg}',
+                                       '--config.loss.kind=vqgan')
+    assert by_flag.to_dict() == by_key.to_dict(), family
+    plain = configlib.load(f'{path}:{arg}')
+    # Taming's pixel loss under VQGAN, the reference's MSE without it.
+    assert losses.reconstruction_name(by_key.loss.reconstruction,
+                                      by_key.loss.kind) == 'l1'
+    assert losses.reconstruction_name(plain.loss.reconstruction,
+                                      plain.loss.kind) == 'mse'
+    # The discriminator switches on inside the run (runlocal: 500 of 1500).
+    assert 0 < by_key.loss.disc_start < by_key.num_train_steps
+    if arg == 'runlocal':
+      assert by_key.loss.disc_start == by_key.num_train_steps // 3
+
+
 @pytest.mark.parametrize('key,value', [
     ('model.bottleneck.levels', (8, 1)),
     ('model.bottleneck.codebook_size', 0),
     ('model.bottleneck.code_dim', 17),
     ('model.bottleneck.decay', 1.0),
     ('loss.kind', 'wgan'),
+    ('loss.kl_normalization', 'sum'),
+    ('loss.reconstruction', 'l2'),
     ('loss.disc_layers', 4),   # 32 px < 3 * 2^4
 ])
 def test_invalid_baseline_configs_name_the_key(key, value):
@@ -559,6 +679,10 @@ def test_train_and_evaluate_smoke_per_kind(tmp_path, family):
     assert 'bottleneck/dead_code_restarts' in train_records[-1]
   if family == 'kl':
     assert train_records[-1]['bottleneck/kl'] > 0
+    # The KL term as trained: kl_weight * KL per image / (H W 3).
+    for r in train_records:
+      assert r['bottleneck_loss'] == pytest.approx(
+          1e-6 * r['bottleneck/kl'] / (16 * 16 * 3), rel=1e-4)
 
 
 def test_train_and_evaluate_with_the_vqgan_objective(tmp_path):

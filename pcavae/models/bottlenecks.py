@@ -792,10 +792,12 @@ class KLBottleneck(nn.Module):
   `latent_channels` channels per location; training decodes a
   reparameterised sample (rng stream `sample`), eval decodes the mean; a 1x1
   conv maps back to D. Loss `kl_weight * KL(q || N(0, I))`, the KL summed
-  over the latent of an image and averaged over the batch (latent
-  diffusion's form). Note the trainer's reconstruction loss is a per-element
-  mean, whereas latent diffusion sums it over pixels, so the same
-  `kl_weight` weighs the KL `H * W * 3` times more here.
+  over the latent of an image and averaged over the batch: latent
+  diffusion's KL term, in its units (against a reconstruction loss summed
+  over each image's pixels). The trainer, whose reconstruction loss is a
+  per-element mean, divides this term by `H * W * C` of the image
+  (`train.bottleneck_loss_scale`), so `kl_weight` means what it means in
+  latent diffusion at every resolution.
 
   Attributes:
     latent_channels: channels of the Gaussian latent; None: D.

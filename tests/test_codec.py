@@ -26,7 +26,10 @@ BUDGET = 24  # bits per 16 x 16 tile: 4 x 4 locations x 4 components
 
 def _train(tmp_path_factory, family):
   workdir = str(tmp_path_factory.mktemp(family))
-  config = tiny_config(family, **{'eval.lpips': False})
+  # One eval and one checkpoint, at the end: the codec needs a trained
+  # checkpoint, not the intermediate evals.
+  config = tiny_config(family, **{'eval.lpips': False, 'eval_every_steps': 6,
+                                  'checkpoint_every_steps': 6})
   train.train_and_evaluate(config, workdir)
   return workdir
 
@@ -232,3 +235,32 @@ def test_command_line_round_trip(pca_workdir, pca_codec, photo, tmp_path):
   np.testing.assert_array_equal(decoded, pca_codec.compress(photo)
                                 .reconstruction)
   assert np.asarray(Image.open(out / 'sub' / 'b.png')).shape == (17, 21, 3)
+
+
+def test_rate_distortion_experiment(pca_workdir, fsq_workdir, photo,
+                                    tmp_path):
+  """`experiments/rate_distortion.py` on the tiny models and two crops."""
+  sys.path.insert(0, os.path.join(ROOT, 'experiments'))
+  import rate_distortion  # pylint: disable=g-import-not-at-top
+  images = [photo, photo[:20, :33]]
+  result = rate_distortion.run(
+      [('PCA', pca_workdir, (8, BUDGET)), ('FSQ', fsq_workdir, None)],
+      images, ['a', 'b'], str(tmp_path), rate_distortion.Quality(lpips=False),
+      gap_images=8, jpeg_qualities=(10, 90), webp_qualities=(10,),
+      batch_size=8, count_images=64, echo=lambda _: None)
+  rows = {r['label']: r for r in result['rows']}
+  assert set(rows) == {'PCA B=8', f'PCA B={BUDGET}', 'FSQ', 'JPEG q=10',
+                       'JPEG q=90', 'WebP q=10'}
+  pixels = sum(im.shape[0] * im.shape[1] for im in images)
+  for r in rows.values():
+    assert r['bpp'] == pytest.approx(8 * sum(r['bytes']) / pixels)
+  assert rows['PCA B=8']['bpp'] < rows[f'PCA B={BUDGET}']['bpp']
+  assert rows['JPEG q=10']['bpp'] < rows['JPEG q=90']['bpp']
+  assert rows['JPEG q=10']['psnr'] < rows['JPEG q=90']['psnr']
+  # The plug-in estimate is fitted to the symbols it charges: no fixed
+  # model's code can be shorter.
+  for gap in result['gaps']:
+    assert gap['payload_bits_per_image'] >= gap['entropy_bits_per_image']
+    assert gap['file_bits_per_image'] > gap['payload_bits_per_image']
+  assert (tmp_path / 'rate_distortion.png').stat().st_size > 10_000
+  assert '| JPEG | q=10 |' in (tmp_path / 'results.md').read_text()

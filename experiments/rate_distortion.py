@@ -333,7 +333,9 @@ def run(models: Sequence[tuple], images, names, out: str,
         quality: Optional[Quality] = None, gap_images: int = 256,
         jpeg_qualities=JPEG_QUALITIES, webp_qualities=WEBP_QUALITIES,
         batch_size: int = 64, count_images: Optional[int] = None,
-        echo: Callable = print) -> Dict:
+        echo: Callable = print,
+        title: str = 'Rate-distortion from file sizes, held-out photos at '
+        'full size') -> Dict:
   """Measures every point and writes the report.
 
   Args:
@@ -367,8 +369,7 @@ def run(models: Sequence[tuple], images, names, out: str,
   text = report(rows, gaps, meta)
   with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write(text)
-  plot(rows, os.path.join(out, 'rate_distortion.png'),
-       'Rate-distortion from file sizes, held-out photos at full size')
+  plot(rows, os.path.join(out, 'rate_distortion.png'), title)
   return result
 
 
@@ -395,7 +396,9 @@ def main(argv):
   names, images = held_out_photos(_IMAGES.value)
   models = [(_LABELS[cell], workdirs[cell], budgets)
             for cell, budgets in MODELS[size]]
-  run(models, images, names, out)
+  run(models, images, names, out, title=(
+      'Rate-distortion from file sizes, held-out photos at full size; '
+      f'models: {_STEPS.value or STEPS[size]} steps at 32 px on CPU'))
   print(open(os.path.join(out, 'results.md')).read())
   print(f'train {t_train / 60:.1f} min, measure '
         f'{(time.perf_counter() - t0 - t_train) / 60:.1f} min')

@@ -60,7 +60,7 @@ A 36-byte header, then the range coder's 32-bit words:
   magic b'PCAV' | version u8 | rate kind u8 (0 codes, 1 bits, 2 budget) |
   model fingerprint 8 bytes | height u32 | width u32 | tile size u16 |
   rate u32 (bits per coefficient or per tile; 0 for codes) |
-  payload words u32 | CRC-32 of the payload u32
+  payload words u32 | CRC-32 of the header's other bytes and the payload u32
 
 The fingerprint is the first 8 bytes of SHA-256 over the run's config
 (`configlib.to_json`) and checkpoint step. Decompressing with another
@@ -119,18 +119,17 @@ class Header:
   rate_kind: int
   rate: int
   payload_words: int
-  crc32: int
   version: int = FORMAT_VERSION
-
-  def pack(self) -> bytes:
-    return _HEADER.pack(MAGIC, self.version, self.rate_kind, self.fingerprint,
-                        self.height, self.width, self.tile_size, self.rate,
-                        self.payload_words, self.crc32)
 
 
 def pack_file(header: Header, words: np.ndarray) -> bytes:
-  """Header + payload bytes."""
-  return header.pack() + np.asarray(words, '<u4').tobytes()
+  """Header + payload bytes; the CRC covers both."""
+  payload = np.asarray(words, '<u4').tobytes()
+  head = _HEADER.pack(MAGIC, header.version, header.rate_kind,
+                      header.fingerprint, header.height, header.width,
+                      header.tile_size, header.rate, header.payload_words,
+                      0)[:-4]
+  return head + struct.pack('<I', zlib.crc32(head + payload)) + payload
 
 
 def unpack_file(data: bytes, path: str, fingerprint: Optional[bytes] = None
@@ -147,7 +146,7 @@ def unpack_file(data: bytes, path: str, fingerprint: Optional[bytes] = None
 
   Raises:
     CodecError: not a `.pcav` file, another format version, another model,
-      truncated (or trailing bytes), or a corrupt payload.
+      truncated (or trailing bytes), or corrupt (CRC mismatch).
   """
   if len(data) < HEADER_BYTES:
     raise CodecError(f'{path}: truncated ({len(data)} bytes, shorter than '
@@ -159,19 +158,21 @@ def unpack_file(data: bytes, path: str, fingerprint: Optional[bytes] = None
   if version != FORMAT_VERSION:
     raise CodecError(f'{path}: format version {version}; this decoder reads '
                      f'version {FORMAT_VERSION}.')
+  expected = HEADER_BYTES + 4 * words
+  if len(data) != expected:
+    raise CodecError(f'{path}: truncated, padded or a corrupt header '
+                     f'({len(data)} bytes, the header says {expected}).')
+  payload = data[HEADER_BYTES:]
+  if zlib.crc32(data[:HEADER_BYTES - 4] + payload) != crc:
+    raise CodecError(f'{path}: corrupt (CRC-32 mismatch).')
   if fingerprint is not None and fp != fingerprint:
     raise CodecError(f'{path}: written by another model (fingerprint '
                      f'{fp.hex()}, this workdir is {fingerprint.hex()}).')
-  expected = HEADER_BYTES + 4 * words
-  if len(data) != expected:
-    raise CodecError(f'{path}: truncated or padded ({len(data)} bytes, the '
-                     f'header says {expected}).')
-  payload = data[HEADER_BYTES:]
-  if zlib.crc32(payload) != crc:
-    raise CodecError(f'{path}: corrupt payload (CRC-32 mismatch).')
-  if rate_kind not in (RATE_CODES, RATE_BITS, RATE_BUDGET):
-    raise CodecError(f'{path}: corrupt header (rate kind {rate_kind}).')
-  header = Header(fp, height, width, tile_size, rate_kind, rate, words, crc,
+  if (rate_kind not in (RATE_CODES, RATE_BITS, RATE_BUDGET) or not height
+      or not width or not tile_size):
+    raise CodecError(f'{path}: invalid header (rate kind {rate_kind}, '
+                     f'{width}x{height}, tile {tile_size}).')
+  header = Header(fp, height, width, tile_size, rate_kind, rate, words,
                   version)
   return header, np.frombuffer(payload, '<u4').astype(np.uint32)
 
@@ -352,11 +353,11 @@ def code_latent_from_codes(variables: Dict[str, Any], config: Any,
     book = bottlenecks._l2_normalize(params['codebook'])  # pylint: disable=protected-access
     return _dense(params['proj_out'], jnp.take(book, codes, axis=0))
   if kind == 'fsq':
-    levels = tuple(int(l) for l in bottlenecks_arg(config, 'levels'))
+    levels = tuple(int(l) for l in _bottleneck_arg(config, 'levels'))
     q = bottlenecks.fsq_indices_to_codes(codes, levels)
   elif kind == 'lfq':
     q = jnp.take(bottlenecks.lfq_codebook(
-        int(bottlenecks_arg(config, 'code_dim'))), codes, axis=0)
+        int(_bottleneck_arg(config, 'code_dim'))), codes, axis=0)
   else:
     raise CodecError(f'config.model.bottleneck.kind={kind!r} has no code.')
   if 'proj_out' in params:
@@ -365,7 +366,7 @@ def code_latent_from_codes(variables: Dict[str, Any], config: Any,
   return q
 
 
-def bottlenecks_arg(config: Any, name: str) -> Any:
+def _bottleneck_arg(config: Any, name: str) -> Any:
   """A bottleneck argument: the config's value, else the class default."""
   from pcavae import bits  # pylint: disable=g-import-not-at-top
   return bits._arg(config, name)  # pylint: disable=protected-access
@@ -609,8 +610,7 @@ class Codec:
                                               grid.num_tiles)]
     words, payload_bits = encode_streams(streams)
     header = Header(self.fingerprint, grid.height, grid.width, grid.size,
-                    self.rate_kind, self.rate, int(words.size),
-                    zlib.crc32(np.asarray(words, '<u4').tobytes()))
+                    self.rate_kind, self.rate, int(words.size))
     recon = tiling.map_tiles(lambda s: decode(self.variables, s), symbols,
                              self.batch_size)
     return Compressed(pack_file(header, words),

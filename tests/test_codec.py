@@ -144,6 +144,10 @@ def test_bad_files_give_the_named_error(pca_codec, fsq_codec, photo):
   corrupt[-3] ^= 0x10
   with pytest.raises(codec_lib.CodecError, match=f'{name}: corrupt'):
     pca_codec.decompress(bytes(corrupt), name)
+  corrupt = bytearray(data)
+  corrupt[15] ^= 0x01  # the image height
+  with pytest.raises(codec_lib.CodecError, match=f'{name}: corrupt'):
+    pca_codec.decompress(bytes(corrupt), name)
   with pytest.raises(codec_lib.CodecError, match=f'{name}: not a .pcav'):
     pca_codec.decompress(b'JFIF' + data[4:], name)
   with pytest.raises(codec_lib.CodecError, match=f'{name}: written by another'):

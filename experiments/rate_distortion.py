@@ -291,13 +291,15 @@ def _f(v, spec):
 
 
 def report(rows: List[Dict], gaps: List[Dict], meta: Dict) -> str:
-  lines = [f"Held-out photographs at their own size: {', '.join(meta['images'])}"
+  """The markdown tables: rate-distortion points, estimate vs file, speed."""
+  names = ', '.join(meta['images'])
+  lines = [f"Held-out photographs at their own size: {names}"
            f" ({meta['pixels']:,} pixels).", '',
            '| codec | setting | bpp (files) | PSNR (dB) | SSIM | LPIPS |',
            '|---|---|---:|---:|---:|---:|']
   for r in sorted(rows, key=lambda r: (_group(r), r['bpp'])):
-    lines.append(f"| {_group(r)} | {r['label'].replace(_group(r), '').strip() or '-'}"
-                 f" | {r['bpp']:.3f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+    setting = r['label'].replace(_group(r), '').strip() or '-'
+    lines.append(f"| {_group(r)} | {setting} | {r['bpp']:.3f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
                  f"{_f(r.get('lpips'), '.3f')} |")
   lines += ['', 'Entropy estimate vs actual bits on the eval crops (one '
             'tile each), bits per crop:', '',
@@ -305,11 +307,11 @@ def report(rows: List[Dict], gaps: List[Dict], meta: Dict) -> str:
             '(one stream) | file (header + payload) | file / estimate |',
             '|---|---:|---:|---:|---:|---:|']
   for g in gaps:
+    ratio = g['file_bits_per_image'] / max(g['entropy_bits_per_image'], 1e-9)
     lines.append(
         f"| {g['label']} | {g['nominal_bits_per_image']:.0f} | "
         f"{g['entropy_bits_per_image']:.1f} | {g['payload_bits_per_image']:.1f}"
-        f" | {g['file_bits_per_image']:.1f} | "
-        f"{g['file_bits_per_image'] / max(g['entropy_bits_per_image'], 1e-9):.2f} |")
+        f" | {g['file_bits_per_image']:.1f} | {ratio:.2f} |")
   lines += ['', 'Speed (measured on a machine shared with other jobs):', '',
             '| model | compress images/s | tiles/s | decompress images/s | '
             'tiles/s |', '|---|---:|---:|---:|---:|']

@@ -39,12 +39,13 @@ Probability models (fixed before coding, never fitted to the coded image)
   collection, `coef_var`), integrated over each cell of that coefficient's
   uniform quantizer (outer cells take the tails). Since the quantizer's step
   is `s_b sigma_i` (`bits.gaussian_uniform_step`), the table depends on the
-  coefficient's bit depth b only (`gaussian_symbol_probabilities`): one
+  coefficient's bit depth b only (`bits.gaussian_symbol_probabilities`): one
   categorical model per b. 0-bit coefficients send nothing.
 * Codes: one categorical over the K codes, from the code frequencies of the
   first `count_images` (default 2048) images of the run's training split in
-  their fixed order, add-1/2 smoothed (`(n_k + 1/2) / (N + K / 2)`, the
-  Krichevsky-Trofimov estimate, so no code has probability 0). The counts
+  their fixed order, add-1/2 smoothed (`bits.smoothed_code_probabilities`:
+  `(n_k + 1/2) / (N + K / 2)`, the Krichevsky-Trofimov estimate, so no
+  code has probability 0). The counts
   are cached in `W/codec/code_counts_step<step>.npz` (keyed by the checkpoint
   step and the model fingerprint; recounted when either differs).
 
@@ -87,6 +88,8 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from pcavae import bits
 
 FORMAT_VERSION = 1
 MAGIC = b'PCAV'
@@ -185,38 +188,6 @@ def model_fingerprint(config: Any, step: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------
-# Probability models (pure).
-# ---------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=None)
-def gaussian_symbol_probabilities(num_bits: int) -> np.ndarray:
-  """P(symbol) of a `2^b`-level quantizer of `bits.quantize` on N(0, 1).
-
-  Cell k (0-based) covers `[(k - 2^b/2) s_b, (k - 2^b/2 + 1) s_b)` in units
-  of sigma, the outer cells reaching to infinity, with `s_b` the quantizer's
-  step (`bits.gaussian_uniform_step`). Float64, sums to 1.
-  """
-  from scipy import special  # pylint: disable=g-import-not-at-top
-  from pcavae import bits  # pylint: disable=g-import-not-at-top
-  if not 1 <= num_bits <= bits.MAX_COEFFICIENT_BITS:
-    raise ValueError(f'num_bits={num_bits} must lie in '
-                     f'1..{bits.MAX_COEFFICIENT_BITS}.')
-  levels = 2 ** num_bits
-  step = float(bits.step_table()[num_bits])  # the float32 step quantize uses
-  edges = (np.arange(levels + 1, dtype=np.float64) - levels / 2) * step
-  edges[0], edges[-1] = -np.inf, np.inf
-  cdf = special.ndtr(edges)
-  return np.diff(cdf)
-
-
-def smoothed_code_probabilities(counts: np.ndarray) -> np.ndarray:
-  """Add-1/2 (Krichevsky-Trofimov) estimate `(n_k + 1/2) / (N + K/2)`."""
-  counts = np.asarray(counts, np.float64)
-  return (counts + 0.5) / (counts.sum() + 0.5 * counts.size)
-
-
-# ---------------------------------------------------------------------------
 # Entropy coding.
 # ---------------------------------------------------------------------------
 
@@ -297,7 +268,6 @@ def pca_latent_from_symbols(variables: Dict[str, Any], config: Any,
   Returns:
     The quantized latent `(B, H, W, D)`, float32.
   """
-  from pcavae import bits  # pylint: disable=g-import-not-at-top
   from pcavae import configlib  # pylint: disable=g-import-not-at-top
   from pcavae.models import pca  # pylint: disable=g-import-not-at-top
   state = _bottleneck_vars(variables, 'pca')
@@ -368,7 +338,6 @@ def code_latent_from_codes(variables: Dict[str, Any], config: Any,
 
 def _bottleneck_arg(config: Any, name: str) -> Any:
   """A bottleneck argument: the config's value, else the class default."""
-  from pcavae import bits  # pylint: disable=g-import-not-at-top
   return bits._arg(config, name)  # pylint: disable=protected-access
 
 
@@ -458,7 +427,6 @@ class Codec:
   # -- rate ------------------------------------------------------------------
 
   def _pca_rate(self, budget, bits_) -> Tuple[int, int]:
-    from pcavae import bits  # pylint: disable=g-import-not-at-top
     if budget is not None and bits_ is not None:
       raise CodecError('--budget and --bits are exclusive.')
     if budget is None and bits_ is None:
@@ -484,7 +452,6 @@ class Codec:
 
   def _rate_config(self, rate_kind: int, rate: int):
     """The run's config with the eval quantization of a rate."""
-    from pcavae import bits  # pylint: disable=g-import-not-at-top
     config = self.config.copy_and_resolve_references()
     if rate_kind == RATE_CODES:
       return config
@@ -540,7 +507,7 @@ class Codec:
 
   def code_probabilities(self) -> np.ndarray:
     """Smoothed code frequencies of the training split."""
-    return smoothed_code_probabilities(self.code_counts())
+    return bits.smoothed_code_probabilities(self.code_counts())
 
   def code_counts(self) -> np.ndarray:
     """Counts of each code over the first `count_images` training images,
@@ -550,7 +517,6 @@ class Codec:
     return self._code_counts
 
   def _load_or_count_codes(self) -> np.ndarray:
-    from pcavae import bits  # pylint: disable=g-import-not-at-top
     from pcavae import data  # pylint: disable=g-import-not-at-top
     path = os.path.join(self.workdir, CODE_COUNTS_DIR,
                         f'code_counts_step{self.step}.npz')
@@ -590,7 +556,7 @@ class Codec:
     for b in sorted(set(np.unique(symbol_bits).tolist()) - {0}):
       mask = symbol_bits == b
       out.append(((slice(None), mask), num_tiles * int(mask.sum()),
-                  gaussian_symbol_probabilities(int(b))))
+                  bits.gaussian_symbol_probabilities(int(b))))
     return out
 
   # -- images ----------------------------------------------------------------
@@ -639,8 +605,14 @@ class Codec:
       raise CodecError(f'{path}: tile size {header.tile_size}, the model '
                        f'works at {self.tile_size}.')
     if (self.kind == 'pca') == (header.rate_kind == RATE_CODES):
-      raise CodecError(f'{path}: corrupt header (rate kind '
+      raise CodecError(f'{path}: invalid header (rate kind '
                        f'{header.rate_kind} for a {self.kind!r} model).')
+    if self.kind == 'pca':
+      budget = header.rate if header.rate_kind == RATE_BUDGET else None
+      try:
+        self._pca_rate(budget, None if budget else header.rate)
+      except CodecError as e:
+        raise CodecError(f'{path}: invalid rate in the header: {e}') from e
     grid = tiling.grid_for(header.height, header.width, header.tile_size)
     _, _, symbol_bits = self.functions(header.rate_kind, header.rate)
     shape = (symbol_bits.shape if symbol_bits is not None

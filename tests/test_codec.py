@@ -162,13 +162,13 @@ def test_gaussian_model_matches_the_quantizer():
   for b in (1, 3, 6):
     symbols, _ = bits.quantize(y, 1.0, b)
     freq = np.bincount(np.asarray(symbols), minlength=2 ** b) / y.size
-    p = codec_lib.gaussian_symbol_probabilities(b)
+    p = bits.gaussian_symbol_probabilities(b)
     assert p.shape == (2 ** b,) and abs(p.sum() - 1) < 1e-12
     np.testing.assert_allclose(freq, p, atol=4e-3)
 
 
 def test_smoothed_code_probabilities_are_positive():
-  p = codec_lib.smoothed_code_probabilities(np.array([10, 0, 5, 0]))
+  p = bits.smoothed_code_probabilities(np.array([10, 0, 5, 0]))
   np.testing.assert_allclose(p, np.array([10.5, 0.5, 5.5, 0.5]) / 17)
   assert p.min() > 0
 

@@ -60,6 +60,11 @@ units of each coefficient's own sigma, so they share a shape). The estimate
 is over the eval images themselves and excludes the cost of sending the
 model: with few images per stream and many levels it is biased low (it
 cannot exceed log2 of the number of samples per stream).
+
+Entropy models for actual coding (`pcavae.codec`) are fixed in advance
+instead: `gaussian_symbol_probabilities(b)` (a quantized coefficient under
+N(0, sigma^2) at its running sigma) and `smoothed_code_probabilities(counts)`
+(code frequencies counted on training images, add-1/2 smoothed).
 """
 
 import functools
@@ -398,3 +403,36 @@ class SymbolCounts:
 
   def bits_per_image(self) -> float:
     return float(sum(n * h for n, h in self.stream_entropies().values()))
+
+
+# ---------------------------------------------------------------------------
+# Entropy models of the symbols (fixed before coding; `pcavae.codec`).
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def gaussian_symbol_probabilities(num_bits: int) -> np.ndarray:
+  """P(symbol) of `quantize`'s `2^b`-level quantizer on N(0, 1).
+
+  Cell k (0-based) covers `[(k - 2^b/2) s_b, (k - 2^b/2 + 1) s_b)` in units
+  of sigma, the outer cells reaching to infinity, with `s_b` the quantizer's
+  float32 step (`step_table`). Since the step is `s_b sigma`, this is the
+  quantized N(0, sigma^2) of every coefficient of b bits, whatever sigma.
+  Float64, sums to 1.
+  """
+  from scipy import special  # pylint: disable=g-import-not-at-top
+  if not 1 <= num_bits <= MAX_COEFFICIENT_BITS:
+    raise ValueError(f'num_bits={num_bits} must lie in '
+                     f'1..{MAX_COEFFICIENT_BITS}.')
+  levels = 2 ** num_bits
+  step = float(step_table()[num_bits])
+  edges = (np.arange(levels + 1, dtype=np.float64) - levels / 2) * step
+  edges[0], edges[-1] = -np.inf, np.inf
+  return np.diff(special.ndtr(edges))
+
+
+def smoothed_code_probabilities(counts) -> np.ndarray:
+  """Add-1/2 (Krichevsky-Trofimov) estimate `(n_k + 1/2) / (N + K/2)` of a
+  histogram of codes: no code has probability 0."""
+  counts = np.asarray(counts, np.float64)
+  return (counts + 0.5) / (counts.sum() + 0.5 * counts.size)

@@ -1,0 +1,822 @@
+r"""Images <-> entropy-coded bitstreams (`.pcav` files) of a trained model.
+
+  python -m pcavae.codec compress --workdir=W --input=DIR --output=OUT \
+    [--budget=B | --bits=b]
+  python -m pcavae.codec decompress --workdir=W --input=OUT --output=DIR2
+
+(console scripts `pcavae-compress` / `pcavae-decompress` run the same).
+`compress` writes `OUT/<relative path>.pcav` for every readable image under
+DIR; `decompress` writes `DIR2/<relative path>.png` at each image's own size.
+Both print bits per pixel from the file sizes, per image and in total, and
+`compress` the PSNR of what `decompress` will write against the input.
+
+What is coded
+-------------
+An image of any size is cut into tiles of the run's resolution
+(`pcavae.tiling`, reflect-padded at the right and bottom edges). Each tile
+goes through the eval path, `model.apply(variables, tile, train=False)`, and
+its discrete latent is what is sent:
+
+* PCA: the quantized coefficients' `symbols` (`pcavae.bits.quantize`), with
+  the bits of each coefficient set by `--budget=B` (bits per tile, allocated
+  over the tile's coefficients by `bits.allocate_bits`, exactly as
+  `config.model.bottleneck.coefficient_bit_budget` does) or `--bits=b`
+  (every coefficient; `coefficient_bits`). Without a flag, the run's own
+  quantization setting; a run without one is refused.
+* VQ, EMA-VQ, SimVQ, VQGAN-FC, FSQ, LFQ: the code index of every location.
+* KL and identity have no finite code and are refused.
+
+The decoder maps the symbols back to the quantized latent with the
+checkpoint's variables (`latent_from_symbols`) and runs the model's decoder,
+so the decompressed pixels are the eval path's quantized reconstruction
+(equal up to float rounding: the eval path's straight-through output
+`z + (q - z)` is `q` only to within an ulp).
+
+Probability models (fixed before coding, never fitted to the coded image)
+-----------------------------------------------------------------------
+* PCA: a quantized Gaussian per coefficient, `N(0, sigma_i^2)` with
+  `sigma_i^2` the checkpoint's running coefficient variance (`pca`
+  collection, `coef_var`), integrated over each cell of that coefficient's
+  uniform quantizer (outer cells take the tails). Since the quantizer's step
+  is `s_b sigma_i` (`bits.gaussian_uniform_step`), the table depends on the
+  coefficient's bit depth b only (`bits.gaussian_symbol_probabilities`): one
+  categorical model per b. 0-bit coefficients send nothing.
+* Codes: one categorical over the K codes, from the code frequencies of the
+  first `count_images` (default 2048) images of the run's training split in
+  their fixed order, add-1/2 smoothed (`bits.smoothed_code_probabilities`:
+  `(n_k + 1/2) / (N + K / 2)`, the Krichevsky-Trofimov estimate, so no
+  code has probability 0). The counts
+  are cached in `W/codec/code_counts_step<step>.npz` (keyed by the checkpoint
+  step and the model fingerprint; recounted when either differs).
+
+Coder: `constriction`'s range coder (`stream.queue`, 32-bit words, 24-bit
+probability precision, its `Categorical(perfect=False)` models, which give
+every symbol of the alphabet a nonzero probability), one stream per image,
+tiles in row-major order.
+
+File format (version 1, little-endian)
+--------------------------------------
+A 36-byte header, then the range coder's 32-bit words:
+
+  magic b'PCAV' | version u8 | rate kind u8 (0 codes, 1 bits, 2 budget) |
+  model fingerprint 8 bytes | height u32 | width u32 | tile size u16 |
+  rate u32 (bits per coefficient or per tile; 0 for codes) |
+  payload words u32 | CRC-32 of the header's other bytes and the payload u32
+
+The fingerprint is the first 8 bytes of SHA-256 over the run's config
+(`configlib.to_json`) and checkpoint step. Decompressing with another
+model's workdir, a truncated or a corrupt file (CRC mismatch) raises
+`CodecError` naming the file; the command line prints it on one line and
+writes no image for that file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import struct
+import sys
+import time
+import zlib
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pcavae import bits
+
+FORMAT_VERSION = 1
+MAGIC = b'PCAV'
+SUFFIX = '.pcav'
+RATE_CODES, RATE_BITS, RATE_BUDGET = 0, 1, 2
+DEFAULT_COUNT_IMAGES = 2048
+CODE_COUNTS_DIR = 'codec'
+UNCODABLE = ('kl', 'identity')
+
+_HEADER = struct.Struct('<4sBB8sIIHIII')
+HEADER_BYTES = _HEADER.size
+
+
+class CodecError(ValueError):
+  """A one-line, user-facing reason why a file or model cannot be coded."""
+
+
+# ---------------------------------------------------------------------------
+# Header.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+  """The fixed-size header of a `.pcav` file (module docstring)."""
+  fingerprint: bytes
+  height: int
+  width: int
+  tile_size: int
+  rate_kind: int
+  rate: int
+  payload_words: int
+  version: int = FORMAT_VERSION
+
+
+def pack_file(header: Header, words: np.ndarray) -> bytes:
+  """Header + payload bytes; the CRC covers both."""
+  payload = np.asarray(words, '<u4').tobytes()
+  head = _HEADER.pack(MAGIC, header.version, header.rate_kind,
+                      header.fingerprint, header.height, header.width,
+                      header.tile_size, header.rate, header.payload_words,
+                      0)[:-4]
+  return head + struct.pack('<I', zlib.crc32(head + payload)) + payload
+
+
+def unpack_file(data: bytes, path: str, fingerprint: Optional[bytes] = None
+                ) -> Tuple[Header, np.ndarray]:
+  """Parses and checks a `.pcav` file's bytes.
+
+  Args:
+    data: the whole file.
+    path: its name, for the error messages.
+    fingerprint: the decoding model's; a different one is an error.
+
+  Returns:
+    `(header, payload words as uint32)`.
+
+  Raises:
+    CodecError: not a `.pcav` file, another format version, another model,
+      truncated (or trailing bytes), or corrupt (CRC mismatch).
+  """
+  if len(data) < HEADER_BYTES:
+    raise CodecError(f'{path}: truncated ({len(data)} bytes, shorter than '
+                     f'the {HEADER_BYTES}-byte header).')
+  (magic, version, rate_kind, fp, height, width, tile_size, rate, words,
+   crc) = _HEADER.unpack_from(data)
+  if magic != MAGIC:
+    raise CodecError(f'{path}: not a .pcav file (magic {magic!r}).')
+  if version != FORMAT_VERSION:
+    raise CodecError(f'{path}: format version {version}; this decoder reads '
+                     f'version {FORMAT_VERSION}.')
+  expected = HEADER_BYTES + 4 * words
+  if len(data) != expected:
+    raise CodecError(f'{path}: truncated, padded or a corrupt header '
+                     f'({len(data)} bytes, the header says {expected}).')
+  payload = data[HEADER_BYTES:]
+  if zlib.crc32(data[:HEADER_BYTES - 4] + payload) != crc:
+    raise CodecError(f'{path}: corrupt (CRC-32 mismatch).')
+  if fingerprint is not None and fp != fingerprint:
+    raise CodecError(f'{path}: written by another model (fingerprint '
+                     f'{fp.hex()}, this workdir is {fingerprint.hex()}).')
+  if (rate_kind not in (RATE_CODES, RATE_BITS, RATE_BUDGET) or not height
+      or not width or not tile_size):
+    raise CodecError(f'{path}: invalid header (rate kind {rate_kind}, '
+                     f'{width}x{height}, tile {tile_size}).')
+  header = Header(fp, height, width, tile_size, rate_kind, rate, words,
+                  version)
+  return header, np.frombuffer(payload, '<u4').astype(np.uint32)
+
+
+def model_fingerprint(config: Any, step: int) -> bytes:
+  """8 bytes of SHA-256 over the run's config and checkpoint step."""
+  from pcavae import configlib  # pylint: disable=g-import-not-at-top
+  text = configlib.to_json(config) + f'\nstep={int(step)}'
+  return hashlib.sha256(text.encode()).digest()[:8]
+
+
+# ---------------------------------------------------------------------------
+# Entropy coding.
+# ---------------------------------------------------------------------------
+
+
+def _categorical(probabilities: np.ndarray):
+  import constriction  # pylint: disable=g-import-not-at-top
+  return constriction.stream.model.Categorical(
+      np.asarray(probabilities, np.float64), perfect=False)
+
+
+def encode_streams(streams: Sequence[Tuple[np.ndarray, np.ndarray]]
+                   ) -> Tuple[np.ndarray, int]:
+  """Range-codes `(symbols, probabilities)` streams, in order, into one
+  array of uint32 words (`constriction.stream.queue.RangeEncoder`).
+
+  Returns:
+    `(words, bits)`: the words and the coder's own count of bits.
+  """
+  import constriction  # pylint: disable=g-import-not-at-top
+  encoder = constriction.stream.queue.RangeEncoder()
+  for symbols, probabilities in streams:
+    symbols = np.asarray(symbols, np.int32).reshape(-1)
+    if symbols.size:
+      encoder.encode(symbols, _categorical(probabilities))
+  num_bits = int(encoder.num_bits())
+  return np.asarray(encoder.get_compressed(), np.uint32), num_bits
+
+
+def decode_streams(words: np.ndarray,
+                   streams: Sequence[Tuple[int, np.ndarray]]
+                   ) -> List[np.ndarray]:
+  """Inverse of `encode_streams`: `(count, probabilities)` per stream."""
+  import constriction  # pylint: disable=g-import-not-at-top
+  decoder = constriction.stream.queue.RangeDecoder(
+      np.asarray(words, np.uint32))
+  out = []
+  for count, probabilities in streams:
+    if count:
+      out.append(np.asarray(decoder.decode(_categorical(probabilities),
+                                           int(count)), np.int32))
+    else:
+      out.append(np.zeros((0,), np.int32))
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Symbols -> quantized latent (the decoder's half of each bottleneck).
+# ---------------------------------------------------------------------------
+
+
+def _bottleneck_vars(variables: Dict[str, Any], collection: str) -> Any:
+  return variables[collection]['bottleneck']
+
+
+def _dense(params: Any, x: jax.Array, precision=None) -> jax.Array:
+  """Applies a restored `nn.Dense` layer (kernel, bias) as flax does."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  features = params['kernel'].shape[-1]
+  return nn.Dense(features, dtype=jnp.float32, precision=precision).apply(
+      {'params': params}, x)
+
+
+def pca_latent_from_symbols(variables: Dict[str, Any], config: Any,
+                            symbols: jax.Array, symbol_bits: jax.Array
+                            ) -> jax.Array:
+  """The PCA bottleneck's eval output from its quantized symbols.
+
+  Mirrors `PCABottleneck.__call__` at `train=False` with quantization on:
+  dequantize with each coefficient's running sigma, reconstruct
+  `y C^T + mu` per problem, and (`global` mode with `global_dim`) unmap.
+
+  Args:
+    variables: the model's variables (`params`, `pca`, ...).
+    config: the run's config.
+    symbols: `(B, H, W, Q)` (`(B, Q)` in `global` mode) int32.
+    symbol_bits: bits of each coefficient of one image (`symbols[0]`'s shape).
+
+  Returns:
+    The quantized latent `(B, H, W, D)`, float32.
+  """
+  from pcavae import configlib  # pylint: disable=g-import-not-at-top
+  from pcavae.models import pca  # pylint: disable=g-import-not-at-top
+  state = _bottleneck_vars(variables, 'pca')
+  mode = config.model.bottleneck.get('mode', 'spatial')
+  hh, ww, d = configlib.latent_shape(config)
+  b = symbols.shape[0]
+  sigma = jnp.sqrt(jnp.maximum(state['coef_var'], 0.0))
+  if mode != 'global':
+    sigma = jnp.broadcast_to(sigma, (hh * ww, sigma.shape[-1]))
+    sigma = sigma.reshape(symbol_bits.shape)
+  y = bits.dequantize(symbols, sigma, symbol_bits)
+  if mode == 'spatial':
+    y = jnp.swapaxes(y.reshape(b, hh * ww, -1), 0, 1)              # (L, B, Q)
+    x = pca.reconstruct(y, state['basis'], state['mean'])
+    return jnp.swapaxes(x, 0, 1).reshape(b, hh, ww, d)
+  if mode == 'shared':
+    x = pca.reconstruct(y.reshape(-1, y.shape[-1]), state['basis'],
+                        state['mean'])
+    return x.reshape(b, hh, ww, d)
+  x = pca.reconstruct(y, state['basis'], state['mean'])              # (B, N)
+  params = _bottleneck_vars(variables, 'params')
+  if 'unmap_in' in params:
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    x = _dense(params['unmap_out'],
+               nn.gelu(_dense(params['unmap_in'], x), approximate=False))
+  return x.reshape(b, hh, ww, d)
+
+
+def code_latent_from_codes(variables: Dict[str, Any], config: Any,
+                           codes: jax.Array) -> jax.Array:
+  """A discrete bottleneck's eval output `(B, H, W, D)` from its codes.
+
+  Mirrors each class in `pcavae.models.bottlenecks` (the code's vector, then
+  the output projection where the class has one), without the
+  straight-through term `z + sg(q - z)`, which equals `q` up to an ulp.
+  """
+  from pcavae import configlib  # pylint: disable=g-import-not-at-top
+  from pcavae.models import bottlenecks  # pylint: disable=g-import-not-at-top
+  kind = config.model.bottleneck.kind
+  d = configlib.latent_shape(config)[-1]
+  params = _bottleneck_vars(variables, 'params')
+  if kind == 'vq':
+    return jnp.take(params['codebook'], codes, axis=0)
+  if kind == 'ema_vq':
+    book = _bottleneck_vars(variables, 'vq_ema')['embedding']
+    return jnp.take(book, codes, axis=0)
+  if kind == 'simvq':
+    frozen = _bottleneck_vars(variables, 'simvq')['frozen_codebook']
+    book = _dense(params['codebook_map'], frozen,
+                  precision=jax.lax.Precision.HIGHEST)
+    return jnp.take(book, codes, axis=0)
+  if kind == 'vqgan_fc':
+    book = bottlenecks._l2_normalize(params['codebook'])  # pylint: disable=protected-access
+    return _dense(params['proj_out'], jnp.take(book, codes, axis=0))
+  if kind == 'fsq':
+    levels = tuple(int(l) for l in _bottleneck_arg(config, 'levels'))
+    q = bottlenecks.fsq_indices_to_codes(codes, levels)
+  elif kind == 'lfq':
+    q = jnp.take(bottlenecks.lfq_codebook(
+        int(_bottleneck_arg(config, 'code_dim'))), codes, axis=0)
+  else:
+    raise CodecError(f'config.model.bottleneck.kind={kind!r} has no code.')
+  if 'proj_out' in params:
+    q = _dense(params['proj_out'], q)
+  assert q.shape[-1] == d, (q.shape, d)
+  return q
+
+
+def _bottleneck_arg(config: Any, name: str) -> Any:
+  """A bottleneck argument: the config's value, else the class default."""
+  return bits._arg(config, name)  # pylint: disable=protected-access
+
+
+# ---------------------------------------------------------------------------
+# A model as a codec.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Compressed:
+  """One compressed image: the file's bytes and what decoding will give."""
+  data: bytes
+  reconstruction: np.ndarray  # uint8 (H, W, 3), what decompress writes
+  num_tiles: int
+  payload_bits: int  # the range coder's own count (32 per word)
+
+
+class Codec:
+  """A restored model with its entropy models: images <-> `.pcav` bytes.
+
+  Args:
+    workdir: a training run's directory.
+    budget: PCA only, bits per tile (`coefficient_bit_budget`).
+    bits: PCA only, bits per coefficient (`coefficient_bits`).
+    batch_size: tiles per jitted call.
+    count_images: training images whose codes make the code frequencies;
+      None takes this checkpoint's cached counts whatever their number (else
+      counts `DEFAULT_COUNT_IMAGES`). For code models the fingerprint covers
+      the counts, so a file decodes only with the frequencies it was coded
+      with.
+    for_decoding: rates come from each file's header; none is needed here.
+
+  Raises:
+    CodecError: KL/identity, a quantizer not yet switched on (AE warm-up),
+      a flag the model cannot use, or a PCA run without a rate.
+  """
+
+  def __init__(self, workdir: str, budget: Optional[int] = None,
+               bits: Optional[int] = None, batch_size: int = 32,
+               count_images: Optional[int] = None,
+               for_decoding: bool = False):
+    from pcavae import train  # pylint: disable=g-import-not-at-top
+    self.workdir = workdir
+    config = train.load_config(workdir)
+    kind = config.model.bottleneck.kind
+    if kind in UNCODABLE:
+      raise CodecError(
+          f'config.model.bottleneck.kind={kind!r} in {workdir}: a continuous '
+          'latent has no finite code to entropy-code; use a PCA (with '
+          '--budget or --bits), VQ-family, FSQ or LFQ run.')
+    self.config, self.model, self.variables, self.step = train.restore_model(
+        workdir)
+    self.kind = kind
+    self.model_fingerprint = model_fingerprint(self.config, self.step)
+    self.tile_size = int(self.config.resolution)
+    self.batch_size = int(batch_size)
+    self.count_images = count_images
+    if 'warmup' in self.variables and not int(
+        np.asarray(self.variables['warmup']['active'])):
+      raise CodecError(
+          f'{workdir} (step {self.step}): the AE warm-up has not switched the '
+          'quantizer on yet, so the model decodes a continuous latent.')
+    if for_decoding:
+      if budget is not None or bits is not None:
+        raise CodecError('decompress reads the rate from each file; it takes '
+                         'no --budget/--bits.')
+      self.rate_kind, self.rate = None, None
+    elif kind == 'pca':
+      self.rate_kind, self.rate = self._pca_rate(budget, bits)
+    else:
+      if budget is not None or bits is not None:
+        raise CodecError(f'--budget/--bits are for PCA models; {workdir} is '
+                         f'{kind!r}, whose codes are the symbols.')
+      self.rate_kind, self.rate = RATE_CODES, 0
+    self._fns: Dict[Tuple[int, int], Any] = {}
+    self._code_counts: Optional[np.ndarray] = None
+
+  @property
+  def fingerprint(self) -> bytes:
+    """What a file must carry to decode with this codec: the model's
+    fingerprint, and for code models also the code counts."""
+    if self.kind == 'pca':
+      return self.model_fingerprint
+    return hashlib.sha256(self.model_fingerprint + np.asarray(
+        self.code_counts(), '<i8').tobytes()).digest()[:8]
+
+  # -- rate ------------------------------------------------------------------
+
+  def _pca_rate(self, budget, bits_) -> Tuple[int, int]:
+    if budget is not None and bits_ is not None:
+      raise CodecError('--budget and --bits are exclusive.')
+    if budget is None and bits_ is None:
+      quant = bits.coefficient_quantization(self.config)
+      if quant is None:
+        raise CodecError(
+            f'{self.workdir} keeps 32-bit float coefficients: give '
+            '--budget=B (bits per tile) or --bits=b (bits per coefficient).')
+      return ((RATE_BUDGET, quant[1]) if quant[0] == 'budget'
+              else (RATE_BITS, quant[1]))
+    per_tile = bits.num_tokens(self.config) * int(
+        self.config.model.bottleneck.num_components)
+    if bits_ is not None:
+      if not 1 <= int(bits_) <= bits.MAX_COEFFICIENT_BITS:
+        raise CodecError(f'--bits={bits_} must lie in '
+                         f'1..{bits.MAX_COEFFICIENT_BITS}.')
+      return RATE_BITS, int(bits_)
+    most = per_tile * bits.MAX_COEFFICIENT_BITS
+    if not 1 <= int(budget) <= most:
+      raise CodecError(f'--budget={budget} (bits per tile) must lie in 1..'
+                       f'{most} ({per_tile} coefficients per tile).')
+    return RATE_BUDGET, int(budget)
+
+  def _rate_config(self, rate_kind: int, rate: int):
+    """The run's config with the eval quantization of a rate."""
+    config = self.config.copy_and_resolve_references()
+    if rate_kind == RATE_CODES:
+      return config
+    b = config.model.bottleneck
+    with b.unlocked():
+      b.coefficient_bits = rate if rate_kind == RATE_BITS else bits.FLOAT_BITS
+      b.coefficient_bit_budget = rate if rate_kind == RATE_BUDGET else None
+    return config
+
+  # -- jitted halves ---------------------------------------------------------
+
+  def functions(self, rate_kind: int, rate: int):
+    """`(encode, decode, symbol_bits)` for a rate, compiled once each.
+
+    `encode(variables, tiles in [-1, 1]) -> symbols` is the eval path's
+    discrete latent; `decode(variables, symbols) -> tiles in [-1, 1]`;
+    `symbol_bits` (PCA only, else None) the bits of each symbol of a tile.
+    """
+    key = (rate_kind, rate)
+    if key in self._fns:
+      return self._fns[key]
+    from pcavae import train  # pylint: disable=g-import-not-at-top
+    config = self._rate_config(rate_kind, rate)
+    model = train.create_model(config)
+    name = 'symbols' if self.kind == 'pca' else 'codes'
+
+    def encode(variables, tiles):
+      _, aux = model.apply(variables, tiles, train=False)
+      return aux[name]
+
+    symbol_bits = None
+    if self.kind == 'pca':
+      probe = np.zeros((1, self.tile_size, self.tile_size, 3), np.float32)
+      _, aux = jax.jit(functools.partial(model.apply, train=False))(
+          self.variables, probe)
+      symbol_bits = np.asarray(aux['symbol_bits'], np.int32)
+
+      def latent(variables, symbols):
+        return pca_latent_from_symbols(variables, config, symbols,
+                                       jnp.asarray(symbol_bits))
+    else:
+      def latent(variables, symbols):
+        return code_latent_from_codes(variables, config, symbols)
+
+    def decode(variables, symbols):
+      return model.apply(variables, latent(variables, symbols),
+                         method=model.decode)
+
+    self._fns[key] = (jax.jit(encode), jax.jit(decode), symbol_bits)
+    return self._fns[key]
+
+  # -- entropy models --------------------------------------------------------
+
+  def code_probabilities(self) -> np.ndarray:
+    """Smoothed code frequencies of the training split."""
+    return bits.smoothed_code_probabilities(self.code_counts())
+
+  def code_counts(self) -> np.ndarray:
+    """Counts of each code over the first `count_images` training images,
+    read from / written to `W/codec/code_counts_step<step>.npz`."""
+    if self._code_counts is None:
+      self._code_counts = self._load_or_count_codes()
+    return self._code_counts
+
+  def _load_or_count_codes(self) -> np.ndarray:
+    from pcavae import data  # pylint: disable=g-import-not-at-top
+    path = os.path.join(self.workdir, CODE_COUNTS_DIR,
+                        f'code_counts_step{self.step}.npz')
+    if os.path.exists(path):
+      with np.load(path) as cached:
+        if (bytes(cached['fingerprint']) == self.model_fingerprint
+            and self.count_images in (None, int(cached['count_images']))):
+          return np.asarray(cached['counts'], np.int64)
+    num_images = (DEFAULT_COUNT_IMAGES if self.count_images is None
+                  else int(self.count_images))
+    encode, _, _ = self.functions(RATE_CODES, 0)
+    source = data.get_split(self.config.dataset, self.tile_size, 'train')
+    counts = np.zeros((bits.num_codes(self.config),), np.int64)
+    for images, mask in data.eval_batches(
+        source, global_batch_size=self.batch_size,
+        num_examples=num_images):
+      codes = np.asarray(encode(self.variables, images))[mask]
+      counts += np.bincount(codes.reshape(-1), minlength=counts.size)
+    try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      tmp = path + '.tmp.npz'
+      np.savez(tmp, counts=counts, count_images=num_images,
+               fingerprint=np.frombuffer(self.model_fingerprint, np.uint8))
+      os.replace(tmp, path)
+    except OSError as e:  # a read-only workdir: count again next time
+      logging.warning('Could not cache the code counts in %s: %s', path, e)
+    return counts
+
+  def _streams(self, rate_kind: int, rate: int, num_tiles: int
+               ) -> List[Tuple[Any, int, np.ndarray]]:
+    """`(selector, count, probabilities)` per coded stream, in file order:
+    the selector picks the stream's symbols out of `(num_tiles, ...)`."""
+    _, _, symbol_bits = self.functions(rate_kind, rate)
+    if symbol_bits is None:
+      return [(Ellipsis, -1, self.code_probabilities())]
+    out = []
+    for b in sorted(set(np.unique(symbol_bits).tolist()) - {0}):
+      mask = symbol_bits == b
+      out.append(((slice(None), mask), num_tiles * int(mask.sum()),
+                  bits.gaussian_symbol_probabilities(int(b))))
+    return out
+
+  # -- images ----------------------------------------------------------------
+
+  def compress(self, image: np.ndarray) -> Compressed:
+    """A uint8 `(H, W, 3)` image -> a `.pcav` file's bytes."""
+    from pcavae import tiling  # pylint: disable=g-import-not-at-top
+    from pcavae import viz  # pylint: disable=g-import-not-at-top
+    from pcavae.data import pipeline  # pylint: disable=g-import-not-at-top
+    encode, decode, _ = self.functions(self.rate_kind, self.rate)
+    tiles, grid = tiling.tile(np.asarray(image, np.uint8), self.tile_size)
+    symbols = tiling.map_tiles(
+        lambda t: encode(self.variables, pipeline.to_float(t)), tiles,
+        self.batch_size).astype(np.int32)
+    streams = [(symbols[sel].reshape(-1), p)
+               for sel, _, p in self._streams(self.rate_kind, self.rate,
+                                              grid.num_tiles)]
+    words, payload_bits = encode_streams(streams)
+    header = Header(self.fingerprint, grid.height, grid.width, grid.size,
+                    self.rate_kind, self.rate, int(words.size))
+    recon = tiling.map_tiles(lambda s: decode(self.variables, s), symbols,
+                             self.batch_size)
+    return Compressed(pack_file(header, words),
+                      viz.to_uint8(tiling.untile(recon, grid)),
+                      grid.num_tiles, payload_bits)
+
+  def decompress(self, data: bytes, path: str = '<bytes>') -> np.ndarray:
+    """`.pcav` bytes -> the uint8 `(H, W, 3)` image (CodecError if bad)."""
+    from pcavae import tiling  # pylint: disable=g-import-not-at-top
+    from pcavae import viz  # pylint: disable=g-import-not-at-top
+    header, symbols = self.decode_symbols(data, path)
+    grid = tiling.grid_for(header.height, header.width, header.tile_size)
+    _, decode, _ = self.functions(header.rate_kind, header.rate)
+    recon = tiling.map_tiles(lambda s: decode(self.variables, s), symbols,
+                             self.batch_size)
+    return viz.to_uint8(tiling.untile(recon, grid))
+
+  def decode_symbols(self, data: bytes, path: str = '<bytes>'
+                     ) -> Tuple[Header, np.ndarray]:
+    """`.pcav` bytes -> `(header, symbols of every tile)`, the eval path's
+    `symbols` (PCA) or `codes` of the tiles, row-major."""
+    from pcavae import configlib  # pylint: disable=g-import-not-at-top
+    from pcavae import tiling  # pylint: disable=g-import-not-at-top
+    header, words = unpack_file(data, path, self.fingerprint)
+    if header.tile_size != self.tile_size:
+      raise CodecError(f'{path}: tile size {header.tile_size}, the model '
+                       f'works at {self.tile_size}.')
+    if (self.kind == 'pca') == (header.rate_kind == RATE_CODES):
+      raise CodecError(f'{path}: invalid header (rate kind '
+                       f'{header.rate_kind} for a {self.kind!r} model).')
+    if self.kind == 'pca':
+      budget = header.rate if header.rate_kind == RATE_BUDGET else None
+      try:
+        self._pca_rate(budget, None if budget else header.rate)
+      except CodecError as e:
+        raise CodecError(f'{path}: invalid rate in the header: {e}') from e
+    grid = tiling.grid_for(header.height, header.width, header.tile_size)
+    _, _, symbol_bits = self.functions(header.rate_kind, header.rate)
+    shape = (symbol_bits.shape if symbol_bits is not None
+             else configlib.latent_shape(self.config)[:2])
+    symbols = np.zeros((grid.num_tiles,) + tuple(shape), np.int32)
+    streams = self._streams(header.rate_kind, header.rate, grid.num_tiles)
+    counts = [symbols[sel].size if n < 0 else n for sel, n, _ in streams]
+    try:
+      decoded = decode_streams(words, [(n, p) for n, (_, _, p)
+                                       in zip(counts, streams)])
+    except Exception as e:  # pylint: disable=broad-except
+      raise CodecError(f'{path}: the payload does not decode ({e}).') from e
+    for (sel, _, _), values in zip(streams, decoded):
+      symbols[sel] = values.reshape(symbols[sel].shape)
+    return header, symbols
+
+
+# ---------------------------------------------------------------------------
+# Folders.
+# ---------------------------------------------------------------------------
+
+
+def psnr_uint8(x: np.ndarray, y: np.ndarray) -> float:
+  """PSNR in dB of two uint8 images of any size (`metrics.image.psnr`)."""
+  from pcavae.metrics import image as image_metrics  # pylint: disable=g-import-not-at-top
+  unit = lambda a: jnp.asarray(a, jnp.float32)[None] / 255.0
+  return float(image_metrics.psnr(unit(x), unit(y))[0])
+
+
+def compress_folder(workdir: str, input_dir: str, output_dir: str,
+                    budget: Optional[int] = None, bits: Optional[int] = None,
+                    batch_size: int = 32,
+                    count_images: Optional[int] = None,
+                    codec: Optional[Codec] = None,
+                    echo=print) -> Dict[str, Any]:
+  """Writes `output_dir/<relative path>.pcav` for every image under
+  `input_dir`; returns `{'images': [per-image dicts], 'skipped': [...],
+  'bpp', 'psnr', 'seconds', 'tiles'}`."""
+  from pcavae.data import image_folder  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(input_dir):
+    raise CodecError(f'--input={input_dir!r} is not a directory.')
+  root = os.path.abspath(input_dir)
+  paths, skipped = image_folder.list_images(root)
+  codec = codec or Codec(workdir, budget=budget, bits=bits,
+                         batch_size=batch_size, count_images=count_images)
+  # Count (or load) the code frequencies and compile before the clock starts.
+  codec.compress(np.zeros((1, 1, 3), np.uint8))
+  for p in skipped:
+    echo(f'skipped (unreadable): {os.path.relpath(p, root)}')
+  rows, seconds = [], 0.0
+  for p in paths:
+    rel = os.path.relpath(p, root)
+    try:
+      image = image_folder.read_rgb(p)
+    except OSError as e:
+      echo(f'skipped (unreadable): {e}')
+      skipped += (p,)
+      continue
+    t0 = time.perf_counter()
+    out = codec.compress(image)
+    seconds += time.perf_counter() - t0
+    dest = os.path.join(output_dir, rel + SUFFIX)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(dest, 'wb') as f:
+      f.write(out.data)
+    h, w = image.shape[:2]
+    row = {'path': rel, 'file': dest, 'height': h, 'width': w,
+           'bytes': len(out.data), 'tiles': out.num_tiles,
+           'payload_bits': out.payload_bits,
+           'bpp': 8 * len(out.data) / (h * w),
+           'psnr': psnr_uint8(image, out.reconstruction)}
+    rows.append(row)
+    echo(f'{rel}: {w}x{h}, {row["bytes"]} bytes, {row["bpp"]:.4f} bpp, '
+         f'PSNR {row["psnr"]:.2f} dB')
+  return _summary(rows, list(skipped), seconds, echo, 'compressed')
+
+
+def decompress_folder(workdir: str, input_dir: str, output_dir: str,
+                      batch_size: int = 32, codec: Optional[Codec] = None,
+                      echo=print, error=None) -> Dict[str, Any]:
+  """Writes `output_dir/<relative path>.png` for every `.pcav` under
+  `input_dir`; a file that fails is named on one line through `error` and
+  gets no image. Returns the summary of `compress_folder` plus `failed`."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  error = error or (lambda m: print(m, file=sys.stderr, flush=True))
+  if not os.path.isdir(input_dir):
+    raise CodecError(f'--input={input_dir!r} is not a directory.')
+  root = os.path.abspath(input_dir)
+  files = sorted(os.path.join(d, f) for d, _, names in os.walk(root)
+                 for f in names if f.endswith(SUFFIX))
+  codec = codec or Codec(workdir, batch_size=batch_size, for_decoding=True)
+  rows, failed, seconds, warm = [], [], 0.0, set()
+  for p in files:
+    rel = os.path.relpath(p, root)[:-len(SUFFIX)]
+    with open(p, 'rb') as f:
+      data = f.read()
+    try:
+      rate = _HEADER.unpack_from(data)[2::5] if len(data) >= HEADER_BYTES \
+          else None
+      if rate not in warm:  # the first file of each rate compiles: untimed
+        warm.add(rate)
+        codec.decompress(data, p)
+      t0 = time.perf_counter()
+      image = codec.decompress(data, p)
+    except CodecError as e:
+      error(f'error: {e}')
+      failed.append(p)
+      continue
+    seconds += time.perf_counter() - t0
+    dest = os.path.join(output_dir, os.path.splitext(rel)[0] + '.png')
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    Image.fromarray(image).save(dest)
+    h, w = image.shape[:2]
+    row = {'path': rel, 'file': dest, 'height': h, 'width': w,
+           'bytes': len(data), 'bpp': 8 * len(data) / (h * w),
+           'tiles': -(-h // codec.tile_size) * -(-w // codec.tile_size)}
+    rows.append(row)
+    echo(f'{rel}: {w}x{h}, {row["bytes"]} bytes, {row["bpp"]:.4f} bpp')
+  summary = _summary(rows, [], seconds, echo, 'decompressed')
+  summary['failed'] = failed
+  return summary
+
+
+def _summary(rows, skipped, seconds, echo, verb) -> Dict[str, Any]:
+  pixels = sum(r['height'] * r['width'] for r in rows)
+  total = {'images': rows, 'skipped': skipped, 'seconds': seconds,
+           'tiles': sum(r['tiles'] for r in rows),
+           'bpp': 8 * sum(r['bytes'] for r in rows) / max(pixels, 1)}
+  line = (f'total: {len(rows)} images {verb}, {total["bpp"]:.4f} bpp')
+  if rows and 'psnr' in rows[0]:
+    total['psnr'] = float(np.mean([r['psnr'] for r in rows]))
+    line += f', mean PSNR {total["psnr"]:.2f} dB'
+  if rows and seconds > 0:
+    line += (f', {len(rows) / seconds:.2f} images/s, '
+             f'{total["tiles"] / seconds:.1f} tiles/s')
+  echo(line)
+  return total
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training run directory.')
+_INPUT = flags.DEFINE_string(
+    'input', None, 'compress: a folder of images; decompress: of .pcav files.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Where to write the results.')
+_BUDGET = flags.DEFINE_integer(
+    'budget', None, 'PCA: bits per tile, water-filled over its coefficients.')
+_BITS = flags.DEFINE_integer('bits', None, 'PCA: bits per coefficient.')
+_BATCH = flags.DEFINE_integer('batch_size', 32, 'Tiles per jitted call.')
+_COUNT = flags.DEFINE_integer(
+    'count_images', None,
+    'Codes: training images whose code frequencies make the entropy model '
+    f'(default: the cached counts of the checkpoint, else {DEFAULT_COUNT_IMAGES}).')
+
+COMMANDS = ('compress', 'decompress')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f'Usage: python -m pcavae.codec {"|".join(COMMANDS)}'
+                         ' --workdir=W --input=IN --output=OUT')
+  for flag in (_WORKDIR, _INPUT, _OUTPUT):
+    if flag.value is None:
+      sys.exit(f'error: --{flag.name} is required.')
+  try:
+    if argv[1] == 'compress':
+      compress_folder(_WORKDIR.value, _INPUT.value, _OUTPUT.value,
+                      budget=_BUDGET.value, bits=_BITS.value,
+                      batch_size=_BATCH.value, count_images=_COUNT.value)
+      return
+    if _BUDGET.value is not None or _BITS.value is not None:
+      raise CodecError('decompress reads the rate from each file; it takes '
+                       'no --budget/--bits.')
+    summary = decompress_folder(_WORKDIR.value, _INPUT.value, _OUTPUT.value,
+                                batch_size=_BATCH.value)
+  except (CodecError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  if summary['failed']:
+    sys.exit(f'error: {len(summary["failed"])} file(s) could not be '
+             'decompressed (named above).')
+
+
+def _run(command: Optional[str]) -> None:
+  # WARNING, not INFO: the library logs of a restore would bury the per-image
+  # lines. (pcavae.main.quiet_library_logs cannot be used: importing
+  # pcavae.main defines its own --workdir.)
+  logging.set_verbosity(logging.WARNING)
+  if command is None:
+    app.run(main)
+  else:
+    app.run(lambda argv: main([argv[0], command] + list(argv[1:])))
+
+
+def run_compress() -> None:
+  """Console script `pcavae-compress`."""
+  _run('compress')
+
+
+def run_decompress() -> None:
+  """Console script `pcavae-decompress`."""
+  _run('decompress')
+
+
+if __name__ == '__main__':
+  _run(None)

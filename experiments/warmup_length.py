@@ -98,7 +98,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  help='photo_patches at the runlocal size (channels 32/64, '
                  'D = 64, batch 32, 1500 steps), synthetic at 4000 steps.')
   p.add_argument('--quick', action='store_true',
-                 help='A smoke test (CI): VQ only, lengths 0 and 50%%, tiny '
+                 help='A smoke test (CI): VQ only, length 50%% and adaptive, tiny '
                  'runs.')
   p.add_argument('--rerun', action='store_true',
                  help='Retrain finished runs.')
@@ -520,7 +520,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     syn_steps, photo_steps = 4000, 1500
   if a.quick:
     syn_steps, photo_steps, kinds, every = 60, 8, ['vq'], 0.125
-    fractions = [0.0, 0.5]
+    fractions = [0.5]
   t0 = time.perf_counter()
   res = study(settings, kinds, fractions, not a.no_auto, syn_steps,
               photo_steps, every, a.auto_patience, a.auto_tolerance, a.seed,

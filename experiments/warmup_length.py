@@ -102,6 +102,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  'runs.')
   p.add_argument('--rerun', action='store_true',
                  help='Retrain finished runs.')
+  p.add_argument('--report_only', action='store_true',
+                 help='Train nothing: report the finished runs in --out.')
   return p.parse_args(argv)
 
 
@@ -430,6 +432,7 @@ def study(settings: List[str], kinds: List[str], fractions: List[float],
           with_auto: bool, syn_steps: int, photo_steps: int,
           auto_every: float, patience: int, tolerance: float, seed: int,
           out: str, full: bool, quick: bool, rerun: bool,
+          report_only: bool = False,
           log: Callable[[str], None] = print) -> Dict[str, Any]:
   """Runs (or reads back) every run; writes the report. Returns the results
   `{setting: {kind: {run name: result}}}` and the per-setting metadata."""
@@ -468,8 +471,11 @@ def study(settings: List[str], kinds: List[str], fractions: List[float],
         workdir = os.path.join(out, setting, kind, name)
         path = os.path.join(workdir, 'result.json')
         if os.path.exists(path) and not rerun:
+          # A finished run (or, with --report_only, whatever exists).
           with open(path) as f:
             all_results[setting][kind][name] = json.load(f)
+          continue
+        if report_only:
           continue
         if rerun and os.path.isdir(workdir):
           import shutil  # pylint: disable=g-import-not-at-top
@@ -524,7 +530,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   t0 = time.perf_counter()
   res = study(settings, kinds, fractions, not a.no_auto, syn_steps,
               photo_steps, every, a.auto_patience, a.auto_tolerance, a.seed,
-              a.out, a.full, a.quick, a.rerun)
+              a.out, a.full, a.quick, a.rerun, a.report_only)
   print(res['markdown'])
   print(f'{time.perf_counter() - t0:.0f} s. Outputs in {a.out}: '
         'results.md, results.json, warmup_length.png')

@@ -304,7 +304,8 @@ def photo_run(kind: str, warmup_steps: int, auto: Optional[Dict[str, Any]],
         info.update(switch_dim=int(r['warmup/auto_dim']),
                     switch_share=r['warmup/auto_share'],
                     switch_spread=r['warmup/auto_spread'])
-  out = {'loss': 10 ** (-final['eval/psnr'] / 10),  # MSE of [0, 1] images
+  # loss: the MSE of [0, 1] images at the mean PSNR (ranks as PSNR does).
+  out = {'loss': 10 ** (-final['eval/psnr'] / 10),
          'psnr': final['eval/psnr'], 'lpips': final.get('eval/lpips_alex'),
          'z_q_dim99': final.get('spectra/z_q/dim99'),
          'z_e_dim99': final.get('spectra/z_e/dim99'),
@@ -383,9 +384,9 @@ def plot(all_results, metas, path):
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   settings = list(all_results)
-  fig = Figure(figsize=(6.2 * len(settings), 8), dpi=100)
-  fig.subplots_adjust(left=0.08, right=0.98, bottom=0.07, top=0.92,
-                      wspace=0.25, hspace=0.3)
+  fig = Figure(figsize=(max(7.5, 6.5 * len(settings)), 8.5), dpi=100)
+  fig.subplots_adjust(left=0.1, right=0.98, bottom=0.07, top=0.9,
+                      wspace=0.3, hspace=0.3)
   axes = np.asarray(fig.subplots(2, len(settings))).reshape(2, -1)
   for col, setting in enumerate(settings):
     meta = metas[setting]
@@ -420,8 +421,8 @@ def plot(all_results, metas, path):
     for ax in (ax_loss, ax_dim):
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
-  fig.suptitle('AE warm-up length vs final result at a fixed step budget '
-               '(stars: adaptive switch, at its switch step)', fontsize=11)
+  fig.suptitle('AE warm-up length vs final result at a fixed step budget\n'
+               '(stars: the adaptive switch, at its switch step)', fontsize=11)
   Image.fromarray(viz.figure_to_array(fig)).save(path)
 
 

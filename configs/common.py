@@ -130,20 +130,33 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 def warmup(c: ml_collections.ConfigDict, steps: int = 0,
-           kmeans_batches: int = 10, kmeans_iters: int = 20
-           ) -> ml_collections.ConfigDict:
+           kmeans_batches: int = 10, kmeans_iters: int = 20,
+           auto: bool = False, auto_every: int = 50, auto_patience: int = 3,
+           auto_tolerance: float = 0.05) -> ml_collections.ConfigDict:
   """Sets the AE warm-up keys of `c.model.bottleneck` (pcavae/warmup.py).
 
   `warmup_steps` (0: off): steps of plain-autoencoder training before the
   quantizer switches on; at the switch the codebook is initialised by k-means
   (`warmup_kmeans_iters` Lloyd iterations) on the encoder latents of
   `warmup_kmeans_batches` training batches (PCA: an exact PCA of them).
+  `warmup_auto=True` decides the switch step adaptively, `warmup_steps`
+  being the latest it may be: every `warmup_auto_every` steps the count of
+  z_e directions that reverse water-filling keeps at log2 K bits and their
+  variances are measured, and the quantizer switches on once
+  `warmup_auto_patience + 1` checks in a row agree on the count with each of
+  those variances within `warmup_auto_tolerance` in log (pcavae/warmup.py,
+  README "Warm-up length").
   Every quantizing family sets them, so `--config.model.bottleneck.
-  warmup_steps=N` works from the command line.
+  warmup_steps=N` and `--config.model.bottleneck.warmup_auto=True` work from
+  the command line.
   """
   c.model.bottleneck.warmup_steps = int(steps)
   c.model.bottleneck.warmup_kmeans_batches = int(kmeans_batches)
   c.model.bottleneck.warmup_kmeans_iters = int(kmeans_iters)
+  c.model.bottleneck.warmup_auto = bool(auto)
+  c.model.bottleneck.warmup_auto_every = int(auto_every)
+  c.model.bottleneck.warmup_auto_patience = int(auto_patience)
+  c.model.bottleneck.warmup_auto_tolerance = float(auto_tolerance)
   return c
 
 

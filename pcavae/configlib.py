@@ -26,7 +26,9 @@ RECONSTRUCTION_LOSSES = losses.RECONSTRUCTION_CHOICES
 
 # Keys of `config.model.bottleneck` that configure the trainer's AE warm-up
 # (pcavae/warmup.py), not the bottleneck module: not constructor arguments.
-WARMUP_KEYS = ('warmup_steps', 'warmup_kmeans_batches', 'warmup_kmeans_iters')
+WARMUP_KEYS = ('warmup_steps', 'warmup_kmeans_batches', 'warmup_kmeans_iters',
+               'warmup_auto', 'warmup_auto_every', 'warmup_auto_patience',
+               'warmup_auto_tolerance')
 
 
 def bottleneck_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -40,7 +42,8 @@ def bottleneck_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 
 def warmup_steps(config: ml_collections.ConfigDict) -> int:
-  """N of the AE warm-up (0: none; the quantizer is on from the start)."""
+  """N of the AE warm-up (0: none; the quantizer is on from the start); with
+  `warmup_auto` the latest step of the adaptive switch (pcavae/warmup.py)."""
   return int(config.model.bottleneck.get('warmup_steps', 0) or 0)
 
 
@@ -152,6 +155,10 @@ def _validate_warmup(config: ml_collections.ConfigDict) -> None:
   if isinstance(n, bool) or not isinstance(n, int) or n < 0:
     raise ValueError(f'{key}warmup_steps={n!r} must be an integer >= 0.')
   if not n:
+    if b.get('warmup_auto', False):
+      raise ValueError(
+          f'{key}warmup_auto=True needs {key}warmup_steps > 0: the latest '
+          'step at which the adaptive switch may happen (the cap).')
     return
   if b.kind not in warmup.WARMUP_KINDS:
     raise ValueError(
@@ -168,6 +175,33 @@ def _validate_warmup(config: ml_collections.ConfigDict) -> None:
   if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
     raise ValueError(f'{key}warmup_kmeans_iters={iters!r} must be an integer '
                      '>= 0.')
+  _validate_warmup_auto(config)
+
+
+def _validate_warmup_auto(config: ml_collections.ConfigDict) -> None:
+  """The adaptive switch's keys (pcavae/warmup.py), warm-up being on."""
+  from pcavae import bits  # pylint: disable=g-import-not-at-top
+  from pcavae import warmup  # pylint: disable=g-import-not-at-top
+  b = config.model.bottleneck
+  key = 'config.model.bottleneck.'
+  auto = b.get('warmup_auto', False)
+  if not isinstance(auto, bool):
+    raise ValueError(f'{key}warmup_auto={auto!r} must be True or False.')
+  if not auto:
+    return
+  if not bits.num_codes(config):
+    raise ValueError(
+        f'{key}warmup_auto=True: the criterion water-fills at log2 K bits per '
+        f'token and needs a quantizer with K codes, not {b.kind!r}.')
+  _positive(b.get('warmup_auto_every', warmup.DEFAULT_AUTO_EVERY),
+            key + 'warmup_auto_every')
+  _positive(b.get('warmup_auto_patience', warmup.DEFAULT_AUTO_PATIENCE),
+            key + 'warmup_auto_patience')
+  tol = b.get('warmup_auto_tolerance', warmup.DEFAULT_AUTO_TOLERANCE)
+  if (isinstance(tol, bool) or not isinstance(tol, (int, float))
+      or not tol >= 0):
+    raise ValueError(f'{key}warmup_auto_tolerance={tol!r} must be a number '
+                     '>= 0 (a change of log-variance).')
 
 
 LOSS_KINDS = ('reconstruction', 'vqgan')
@@ -296,6 +330,11 @@ def flatten(tree: Any, prefix: str = '') -> Dict[str, Any]:
 # matches a new one holding this value.
 ADDED_KEY_DEFAULTS = {
     'model.conv_algorithm': 'auto',   # Winograd: the same convs to rounding
+    # The adaptive AE warm-up switch (off: the fixed warmup_steps as before).
+    'model.bottleneck.warmup_auto': False,
+    'model.bottleneck.warmup_auto_every': 50,
+    'model.bottleneck.warmup_auto_patience': 3,
+    'model.bottleneck.warmup_auto_tolerance': 0.05,
 }
 
 

@@ -130,6 +130,7 @@ def make_init_fn(model, tx, config) -> Callable[[jax.Array], State]:
     if vqgan.enabled(config):
       # fold_in, not a wider split: runs without a GAN keep their init.
       state.update(vqgan.init_state(config, jax.random.fold_in(init_rng, 1)))
+    state.update(warmup.init_auto_state(config))  # adaptive switch history
     return state
   return init
 
@@ -275,7 +276,7 @@ def make_train_step(model, tx, schedule, config) -> Callable:
 
 _NON_COLLECTION_KEYS = ('params', 'opt_state', 'step', 'rng', 'num_nonfinite',
                         'first_nonfinite_step', 'first_nonfinite_what'
-                        ) + vqgan.STATE_KEYS
+                        ) + vqgan.STATE_KEYS + warmup.STATE_KEYS
 # What the train step checks for NaN/Inf, in this order (disc_loss: the
 # VQGAN discriminator's hinge loss, 0 without it).
 NONFINITE_ORDER = ('loss', 'reconstruction_loss', 'bottleneck_loss',
@@ -491,7 +492,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   train_step = jit_train_step(model, tx, schedule, config, mesh,
                               state_sharding)
-  # AE warm-up: a one-off host-side switch at step N (pcavae/warmup.py).
+  # AE warm-up: a one-off host-side switch at step N, or where the adaptive
+  # criterion decides (checks every warmup_auto_every steps; pcavae/warmup.py).
   switch = (warmup.Switch(model, config, mesh, state_sharding, collections_of)
             if warmup.enabled(config) else None)
   switch_stats: Dict[str, float] = {}
@@ -526,11 +528,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   wait_time = 0.0
   with _Preemption() as preempt:
     while step < total:
-      if switch is not None and step == switch.step:
-        state, switch_stats = switch(state, splits.train)
-        logging.info('AE warm-up: quantizer on at step %d (%s).', step,
-                     {k: round(v, 4) for k, v in switch_stats.items()})
-        t_log += switch_stats['warmup/switch_seconds']  # not a train step
+      if switch is not None and switch.due(step):
+        state, stats = switch.maybe_switch(state, splits.train, step)
+        # Merged into the next log record (the latest check's values win).
+        switch_stats.update(stats)
+        if 'warmup/switch_step' in stats:
+          logging.info('AE warm-up: quantizer on at step %d, %s (%s).', step,
+                       warmup.REASON_NAMES[stats['warmup/switch_reason']],
+                       {k: round(v, 4) for k, v in stats.items()})
+          t_log += stats['warmup/switch_seconds']  # not a train step
       t_wait = time.perf_counter()
       batch = sharding.global_batch(next(train_iter), mesh)
       wait_time += time.perf_counter() - t_wait

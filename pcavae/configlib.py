@@ -338,11 +338,27 @@ ADDED_KEY_DEFAULTS = {
 }
 
 
+def _resolved(flat: Dict[str, Any]) -> Dict[str, Any]:
+  """`flat` as it acts: `loss.reconstruction='auto'` resolved against the
+  objective, and the discriminator's keys dropped when there is none. So a
+  run saved with `'mse'` under the plain objective resumes under today's
+  `'auto'`, which means the same loss."""
+  flat = dict(flat)
+  kind = flat.get('loss.kind', 'reconstruction')
+  if flat.get('loss.reconstruction') == 'auto':
+    flat['loss.reconstruction'] = losses.reconstruction_name('auto', kind)
+  if kind != 'vqgan':
+    # The discriminator's keys do nothing under the plain objective (runlocal's
+    # disc_start changed from 10000 to a third of the run).
+    flat = {k: v for k, v in flat.items() if not k.startswith('loss.disc_')}
+  return flat
+
+
 def differences(saved: Any, new: Any, ignore=RESUMABLE_KEYS):
   """`[(key, saved value, new value)]` for keys that differ, minus `ignore`
   and minus keys of `ADDED_KEY_DEFAULTS` absent from `saved` and at their
   default in `new`."""
-  a, b = flatten(saved), flatten(new)
+  a, b = _resolved(flatten(saved)), _resolved(flatten(new))
   out = []
   for key in sorted(set(a) | set(b)):
     if any(key == i or (i.endswith('.') and key.startswith(i))

@@ -130,6 +130,23 @@ def test_config_saved_before_a_key_existed_still_matches():
       ('model.conv_algorithm', '<absent>', 'direct')]
 
 
+def test_config_saved_with_the_resolved_loss_still_matches():
+  """Runs saved before `loss.reconstruction='auto'` (with 'mse', and
+  runlocal's disc_start 10000) resume under the plain objective, where both
+  mean the same; under the VQGAN objective 'auto' is L1 and disc_start acts,
+  so a saved 'mse' or another disc_start is a difference."""
+  config = tiny_config('vqvae')
+  saved = json.loads(json.dumps(config.to_dict(), default=str))
+  saved['loss']['reconstruction'] = 'mse'
+  saved['loss']['disc_start'] = 10_000
+  assert configlib.differences(saved, config) == []
+  config.loss.kind = 'vqgan'
+  saved['loss']['kind'] = 'vqgan'
+  assert configlib.differences(saved, config) == [
+      ('loss.disc_start', 10_000, config.loss.disc_start),
+      ('loss.reconstruction', 'mse', 'l1')]
+
+
 def test_q_bounded_by_global_dim():
   config = tiny_config(arg='setting=global,runlocal')
   config.model.bottleneck.num_components = 65

@@ -413,8 +413,8 @@ def subspace_iteration(cov: Array, basis: Array, iterations: int = 1
   """
   cov = cov.astype(jnp.float32)
   c = basis.astype(jnp.float32)
-  for _ in range(iterations):
-    c, _ = jnp.linalg.qr(cov @ c)
+  c = jax.lax.fori_loop(0, iterations,
+                        lambda _, c: jnp.linalg.qr(cov @ c)[0], c)
   small = jnp.swapaxes(c, -1, -2) @ cov @ c
   small = 0.5 * (small + jnp.swapaxes(small, -1, -2))
   ritz, rot = jnp.linalg.eigh(small)

@@ -33,6 +33,7 @@ and returns one value per problem:
   eigenvector_alignment(x, C)   mean |cos(c_j, e_j)| over the components j
                                 whose eigenvalue is separated from its
                                 neighbours by a relative gap > min_gap
+                                (default max(0.1, 4 / sqrt(n)))
   pca_fidelity(x, C, variances) all of them, summarised over problems
 
 k-means in JAX (jittable; used to initialise codebooks at the end of AE
@@ -330,14 +331,23 @@ def identifiable_components(lam, num_components: int,
     return (top > 0) & (gap > min_gap * top)
 
 
-def eigenvector_alignment(x, basis, min_gap: float = 0.1
+def default_min_gap(num_samples: int) -> float:
+  """`max(0.1, 4 / sqrt(n))`: the relative eigengap above which n samples
+  pin an eigenvector down to about 1 / 4 radian (sampling noise rotates it
+  by about `1 / (sqrt(n) gap)`), so that the alignment measures the basis,
+  not the estimate it is compared with."""
+  return max(0.1, 4.0 / np.sqrt(max(num_samples, 1)))
+
+
+def eigenvector_alignment(x, basis, min_gap: Optional[float] = None
                           ) -> Tuple[np.ndarray, np.ndarray]:
   """Mean `|cos(c_j, e_j)|` over the identifiable components, per problem.
 
   `c_j` is column j of the basis (normalised), `e_j` eigenvector j of the
   covariance of `x`; only components that `identifiable_components` keeps
-  count. 1 for exact eigenvectors in the right order; a random basis in D
-  dimensions gives about `sqrt(2 / (pi D))`.
+  (at `min_gap`, default `default_min_gap(n)`) count. 1 for exact
+  eigenvectors in the right order; a random basis in D dimensions gives
+  about `sqrt(2 / (pi D))`.
 
   Returns:
     `(alignment, count)`: `(...)` float64 (NaN where no component is
@@ -345,6 +355,8 @@ def eigenvector_alignment(x, basis, min_gap: float = 0.1
   """
   _check_problems(x, basis)
   lam, vec = _sample_eigh(x)
+  if min_gap is None:
+    min_gap = default_min_gap(np.shape(x)[-2])
   return _alignment(basis, lam, vec, min_gap)
 
 
@@ -360,7 +372,7 @@ def _alignment(basis, lam, vec, min_gap):
   return mean, count
 
 
-def pca_fidelity(x, basis, variances, min_gap: float = 0.1
+def pca_fidelity(x, basis, variances, min_gap: Optional[float] = None
                  ) -> dict:
   """The PCA fidelity summary logged at every eval (`pca/...`).
 
@@ -369,7 +381,7 @@ def pca_fidelity(x, basis, variances, min_gap: float = 0.1
     basis: `(..., D, Q)`.
     variances: `(..., Q)` running coefficient variances (the layer's own
       view of its ordering).
-    min_gap: see `identifiable_components`.
+    min_gap: see `identifiable_components`; None: `default_min_gap(n)`.
 
   Returns:
     `{'captured_variance', 'captured_variance_min', 'order_spearman',
@@ -379,6 +391,8 @@ def pca_fidelity(x, basis, variances, min_gap: float = 0.1
   """
   _check_problems(x, basis)
   lam, vec = _sample_eigh(x)
+  if min_gap is None:
+    min_gap = default_min_gap(np.shape(x)[-2])
   captured = _captured(x, _orthonormal_span(basis), lam)
   rho = order_spearman(variances)
   align, count = _alignment(basis, lam, vec, min_gap)

@@ -116,8 +116,13 @@ def test_pca_fidelity_summary():
   np.testing.assert_allclose(f['captured_variance'], (1 + 9 / 19) / 2)
   np.testing.assert_allclose(f['captured_variance_min'], 9 / 19)
   np.testing.assert_allclose(f['order_spearman'], 0.0)
+  # n = 300: identifiable above a relative gap of 4 / sqrt(300) = 0.23,
+  # components 1 and 2 (component 3's gap to 2.5 is 0.17).
   np.testing.assert_allclose(f['eigenvector_alignment'], 0.5, atol=1e-10)
-  assert f['identifiable_components'] == 3.0
+  assert f['identifiable_components'] == 2.0
+  g = analysis.pca_fidelity(x, basis, variances, min_gap=0.1)
+  assert g['identifiable_components'] == 3.0
+  np.testing.assert_allclose(g['eigenvector_alignment'], 0.5, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------

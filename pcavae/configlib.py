@@ -333,6 +333,11 @@ def flatten(tree: Any, prefix: str = '') -> Dict[str, Any]:
 # matches a new one holding this value.
 ADDED_KEY_DEFAULTS = {
     'model.conv_algorithm': 'auto',   # Winograd: the same convs to rounding
+    # Runs before the PCA trackers existed used the OPCA-VAE rule; the
+    # subspace tracker's keys do nothing for the others.
+    'model.bottleneck.tracker': 'reference',
+    'model.bottleneck.covariance_alpha': 0.99,
+    'model.bottleneck.subspace_iterations': 1,
 }
 
 

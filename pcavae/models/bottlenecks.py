@@ -124,6 +124,10 @@ class PCABottleneck(nn.Module):
       its own locations. None: XLA decides (under a mesh the samples follow
       the batch, and every device repeats the whole PCA on a replicated basis).
 
+  At eval `aux` also holds `pca_input`: the samples as the PCA sees them
+  (`(L, B, D)` spatial, `(B H W, D)` shared, `(B, N)` global), for the
+  fidelity measures of every eval (`pcavae.evaluators.Spectra`).
+
   At eval with quantization on, `aux` also holds `symbols` (int32, the shape
   of `coefficients`) and `symbol_bits` (bits of each coefficient of one
   image: `(H, W, Q)`, `(Q,)` in `global` mode). `__call__` also takes an

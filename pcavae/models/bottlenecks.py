@@ -95,7 +95,9 @@ class PCABottleneck(nn.Module):
       one product, QR, the Q x Q eigendecomposition) against Sanger's
       `L (n D Q + D Q^2)`: at `spatial16` (L = 256, D = 256, Q = 51, n = 16
       images a step) about 270 M (covariance) + 860 M (product) + 170 M
-      (QR) multiply-adds a step, and 64 MiB of state.
+      (QR) multiply-adds a step, and 64 MiB of state. The class defaults
+      are the reference rule (the layer as checked against OPCA-VAE);
+      `configs/pcavae.py` chooses `sanger` at rate 0.1.
     learning_rate: Hebbian step size; None ties it to the optimizer's current
       learning rate passed as `lr` (the reference's choice).
     max_update_norm: Frobenius clip of each problem's step (reference: 0.1 in

@@ -18,6 +18,17 @@ cores (32 px, channels 32/64, D = 64, Q = 16, 1500 steps); `res=`, `q=`,
 N steps, then switches the PCA on with its basis from an exact PCA of the
 latents (AE warm-up, pcavae/warmup.py; not with `global_dim`).
 
+The PCA's tracker (`config.model.bottleneck.tracker`, PCABottleneck): the
+default `sanger` takes Sanger's step divided by each coefficient's variance
+at rate `learning_rate` (0.1; any value in (0, 1] is stable, and the step
+does not depend on the latent's scale); `subspace` runs orthogonal iteration
+with Rayleigh-Ritz ordering on an EMA of the covariance (L x D x D floats of
+state in spatial mode). The `reference` flag selects the OPCA-VAE rule
+exactly: the raw Sanger step at the optimizer's learning rate, clipped to
+0.1 per location in spatial mode, from a random orthonormal basis. Every
+eval logs how close the basis is to an exact PCA of the eval latents
+(`pca/captured_variance`, `pca/order_spearman`, ...; pcavae/evaluators.py).
+
 Coefficient quantization at eval (pcavae/bits.py; training is unaffected):
 `bits=b` (`coefficient_bits`, 0..16; 32, the default, keeps 32-bit floats)
 quantizes every coefficient to b bits, `budget=B` (`coefficient_bit_budget`)
@@ -46,6 +57,10 @@ from ml_collections import config_dict
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# The `sanger` tracker's Hebbian rate (a fraction of the way to each batch's
+# normalised target per step; stable for any rate in (0, 1]).
+DEFAULT_RATE = 0.1
+
 SETTINGS = {
     'spatial16': dict(channels=(128, 256), q=256, mode='spatial'),
     'spatial4': dict(channels=(32, 64, 128, 256), q=180, mode='spatial'),
@@ -58,7 +73,8 @@ SETTINGS = {
 def get_config(arg=None):
   """Returns the PCA-VAE config for `arg` (see the module docstring)."""
   a = common.parse_arg(arg, setting='spatial16', runlocal=False, res=0, q=0,
-                       dataset='', warmup=0, bits=32, budget=0)
+                       dataset='', warmup=0, bits=32, budget=0,
+                       reference=False)
   if a.setting not in SETTINGS:
     raise ValueError(f'setting={a.setting!r}; choose one of {list(SETTINGS)}.')
   s = SETTINGS[a.setting]
@@ -69,21 +85,40 @@ def get_config(arg=None):
       num_components=s['q'],
       mode=s['mode'],
       alpha=0.9,
-      # Typed placeholders (None until set) rather than bare Nones, which
-      # --config.model.bottleneck.<key>=<value> could not override.
-      # None: the Hebbian rate is tied to the optimizer's schedule.
+      # `sanger`: Sanger's step divided by each coefficient's variance
+      # (scale-free); `reference`: the OPCA-VAE rule exactly (the `reference`
+      # flag); `subspace`: orthogonal iteration on an EMA covariance.
+      tracker='sanger',
+      # Hebbian rate, alone (`--config.model.bottleneck.learning_rate=`);
+      # None ties it to the optimizer's schedule (the reference).
       learning_rate=config_dict.placeholder(float),
-      # The reference clips each location's step in spatial mode only.
-      max_update_norm=(0.1 if s['mode'] == 'spatial'
-                       else config_dict.placeholder(float)),
-      # None: every Q updates.
-      orthonormalize_every=config_dict.placeholder(int),
-      global_dim=s.get('global_dim', config_dict.placeholder(int)),
+      # Frobenius clip of each problem's step; None: no clip.
+      max_update_norm=config_dict.placeholder(float),
+      orthonormalize_every=config_dict.placeholder(int),  # None: every Q
+      covariance_alpha=0.99,       # `subspace`: EMA of the covariance
+      subspace_iterations=1,       # `subspace`: orthogonal iterations a step
+      global_dim=config_dict.placeholder(int),
       coefficient_bits=32,         # eval quantization (32: none), bits.py
       # Bits per image, water-filled; a typed None, so that
       # --config.model.bottleneck.coefficient_bit_budget=B can set it.
       coefficient_bit_budget=config_dict.placeholder(int),
   )
+  if s.get('global_dim'):
+    c.model.bottleneck.global_dim = s['global_dim']
+  c.model.bottleneck.learning_rate = DEFAULT_RATE
+  # Re-orthonormalised after every step: a rate-0.1 step leaves the basis
+  # O(0.1) from orthonormal, and the projection C C^T is a projector only
+  # for an orthonormal C (Newton-Schulz: a few (D, Q) x (Q, Q) products).
+  c.model.bottleneck.orthonormalize_every = 1
+  if a.reference:
+    # The OPCA-VAE rule: raw Sanger step at the optimizer's rate, each
+    # location's step clipped to 0.1 in spatial mode, random orthonormal
+    # initial basis.
+    c.model.bottleneck.tracker = 'reference'
+    c.model.bottleneck.learning_rate = None
+    c.model.bottleneck.orthonormalize_every = None
+    if s['mode'] == 'spatial':
+      c.model.bottleneck.max_update_norm = 0.1
   if a.runlocal:
     common.runlocal(c)
     c.model.bottleneck.num_components = 16

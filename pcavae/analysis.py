@@ -19,6 +19,23 @@ Rate-distortion of a Gaussian source (reverse water-filling):
                                   the paper's prediction of the dimension a
                                   K = 2^R codebook can spend bits on
 
+PCA fidelity (numpy, float64): is a learned basis a PCA of its samples?
+Every function takes `(..., n, D)` samples and a `(..., D, Q)` basis with
+the same leading "problem" axes (one per latent location in `spatial` mode)
+and returns one value per problem:
+
+  captured_variance(x, C)       variance of x inside span(C) / sum of the
+                                top-Q eigenvalues of x's covariance (1: the
+                                top-Q eigen-subspace; Ky Fan: never above 1)
+  spearman_rho(a, b)            Spearman's rank correlation (ties averaged)
+  order_spearman(variances)     rho of component index vs coefficient
+                                variance (-1: variance-ordered)
+  eigenvector_alignment(x, C)   mean |cos(c_j, e_j)| over the components j
+                                whose eigenvalue is separated from its
+                                neighbours by a relative gap > min_gap
+                                (default max(0.1, 4 / sqrt(n)))
+  pca_fidelity(x, C, variances) all of them, summarised over problems
+
 k-means in JAX (jittable; used to initialise codebooks at the end of AE
 warm-up):
 
@@ -181,6 +198,215 @@ def waterfilling_dim(variances, rate_bits: float) -> int:
   """
   _, rates = reverse_waterfilling(variances, rate_bits)
   return int(np.sum(rates > 0))
+
+
+# ---------------------------------------------------------------------------
+# PCA fidelity.
+# ---------------------------------------------------------------------------
+
+
+def _sample_eigh(x) -> Tuple[np.ndarray, np.ndarray]:
+  """Eigenvalues (decreasing) and eigenvectors of the covariance of `x`
+  (`(..., n, D)`, centred on its own mean, divided by n), float64."""
+  x = np.asarray(x, np.float64)
+  xc = x - x.mean(axis=-2, keepdims=True)
+  cov = np.swapaxes(xc, -1, -2) @ xc / x.shape[-2]
+  lam, vec = np.linalg.eigh(cov)
+  return lam[..., ::-1], vec[..., :, ::-1]
+
+
+def _orthonormal_span(basis) -> np.ndarray:
+  """An orthonormal basis of span(C) (float64 QR): a tracker's basis is
+  orthonormal only to O(rate) between re-orthonormalisations."""
+  q, _ = np.linalg.qr(np.asarray(basis, np.float64))
+  return q
+
+
+def _check_problems(x, basis) -> None:
+  x, basis = np.shape(x), np.shape(basis)
+  if x[:-2] != basis[:-2] or x[-1] != basis[-2]:
+    raise ValueError(f'samples {x} and basis {basis} do not match: expected '
+                     '(..., n, D) and (..., D, Q).')
+
+
+def captured_variance(x, basis) -> np.ndarray:
+  """Share of the top-Q eigen-variance that span(C) captures, per problem.
+
+  `tr(P S) / sum_{i<=Q} lambda_i(S)` with S the covariance of `x` (centred on
+  its own mean) and P the orthogonal projector onto span(C). By Ky Fan's
+  maximum principle it is at most 1, with equality exactly when span(C) is
+  a top-Q eigen-subspace of S.
+
+  Args:
+    x: `(..., n, D)` samples.
+    basis: `(..., D, Q)`.
+
+  Returns:
+    `(...)` float64 values in [0, 1] (1 for a problem without variance).
+  """
+  _check_problems(x, basis)
+  lam, _ = _sample_eigh(x)
+  return _captured(x, _orthonormal_span(basis), lam)
+
+
+def _captured(x, span, lam) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  xc = x - x.mean(axis=-2, keepdims=True)
+  inside = np.sum(np.square(xc @ span), axis=(-2, -1)) / x.shape[-2]
+  best = np.sum(np.maximum(lam[..., :span.shape[-1]], 0.0), axis=-1)
+  return np.where(best > 0, inside / np.where(best > 0, best, 1.0), 1.0)
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+  """Ranks (1-based) along the last axis, ties given their mean rank."""
+  order = np.argsort(a, axis=-1, kind='stable')
+  sorted_a = np.take_along_axis(a, order, axis=-1)
+  ranks = np.empty(a.shape, np.float64)
+  flat_sorted = sorted_a.reshape(-1, a.shape[-1])
+  flat_order = order.reshape(-1, a.shape[-1])
+  flat_ranks = ranks.reshape(-1, a.shape[-1])
+  for row, (vals, idx) in enumerate(zip(flat_sorted, flat_order)):
+    start = np.r_[0, np.flatnonzero(np.diff(vals)) + 1]
+    stop = np.r_[start[1:], len(vals)]
+    mean_rank = (start + stop + 1) / 2.0          # mean of start+1..stop
+    flat_ranks[row, idx] = np.repeat(mean_rank, stop - start)
+  return flat_ranks.reshape(a.shape)
+
+
+def spearman_rho(a, b) -> np.ndarray:
+  """Spearman's rank correlation along the last axis (`scipy.stats.spearmanr`
+  for each row: Pearson's r of the tie-averaged ranks). NaN where either
+  side is constant."""
+  ra = _ranks(np.asarray(a, np.float64))
+  rb = _ranks(np.broadcast_to(np.asarray(b, np.float64), np.shape(a)))
+  ra = ra - ra.mean(axis=-1, keepdims=True)
+  rb = rb - rb.mean(axis=-1, keepdims=True)
+  denom = np.sqrt(np.sum(ra * ra, -1) * np.sum(rb * rb, -1))
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(denom > 0, np.sum(ra * rb, -1) / denom, np.nan)
+
+
+def order_spearman(variances) -> np.ndarray:
+  """Spearman rho of component index vs variance, per problem (last axis).
+
+  -1 when the components are in decreasing order of variance, +1 in
+  increasing order, about 0 for a random order; NaN where all variances are
+  equal (nothing to order, e.g. before the first update).
+  """
+  v = np.asarray(variances, np.float64)
+  return spearman_rho(v, np.arange(v.shape[-1], dtype=np.float64))
+
+
+def identifiable_components(lam, num_components: int,
+                            min_gap: float = 0.1) -> np.ndarray:
+  """Which of the top-Q eigenvectors are defined well enough to compare.
+
+  Eigenvector j (eigenvalues decreasing) is identifiable when its relative
+  gap to both neighbours, `min(lambda_{j-1} - lambda_j, lambda_j -
+  lambda_{j+1}) / lambda_j`, exceeds `min_gap` (the first one has only a
+  lower neighbour): within a near-degenerate group any rotation is equally a
+  PCA, and sampling noise rotates an eigenvector by about
+  `sqrt(lambda_j lambda_k / n) / |lambda_j - lambda_k|`.
+
+  Args:
+    lam: `(..., D)` eigenvalues, decreasing.
+    num_components: Q.
+    min_gap: relative gap threshold.
+
+  Returns:
+    `(..., Q)` bool.
+  """
+  lam = np.asarray(lam, np.float64)
+  q = num_components
+  top = lam[..., :q]
+  above = np.concatenate([np.full(lam.shape[:-1] + (1,), np.inf),
+                          lam[..., :q - 1]], axis=-1) - top
+  below_vals = lam[..., 1:q + 1]
+  if below_vals.shape[-1] < q:  # Q == D: the last one has no lower neighbour
+    below_vals = np.concatenate(
+        [below_vals, np.full(lam.shape[:-1] + (1,), -np.inf)], axis=-1)
+  below = top - below_vals
+  gap = np.minimum(above, below)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return (top > 0) & (gap > min_gap * top)
+
+
+def default_min_gap(num_samples: int) -> float:
+  """`max(0.1, 4 / sqrt(n))`: the relative eigengap above which n samples
+  pin an eigenvector down to about 1 / 4 radian (sampling noise rotates it
+  by about `1 / (sqrt(n) gap)`), so that the alignment measures the basis,
+  not the estimate it is compared with."""
+  return max(0.1, 4.0 / np.sqrt(max(num_samples, 1)))
+
+
+def eigenvector_alignment(x, basis, min_gap: Optional[float] = None
+                          ) -> Tuple[np.ndarray, np.ndarray]:
+  """Mean `|cos(c_j, e_j)|` over the identifiable components, per problem.
+
+  `c_j` is column j of the basis (normalised), `e_j` eigenvector j of the
+  covariance of `x`; only components that `identifiable_components` keeps
+  (at `min_gap`, default `default_min_gap(n)`) count. 1 for exact
+  eigenvectors in the right order; a random basis in D dimensions gives
+  about `sqrt(2 / (pi D))`.
+
+  Returns:
+    `(alignment, count)`: `(...)` float64 (NaN where no component is
+    identifiable) and `(...)` the number of identifiable components.
+  """
+  _check_problems(x, basis)
+  lam, vec = _sample_eigh(x)
+  if min_gap is None:
+    min_gap = default_min_gap(np.shape(x)[-2])
+  return _alignment(basis, lam, vec, min_gap)
+
+
+def _alignment(basis, lam, vec, min_gap):
+  c = np.asarray(basis, np.float64)
+  q = c.shape[-1]
+  c = c / np.maximum(np.linalg.norm(c, axis=-2, keepdims=True), 1e-300)
+  cos = np.abs(np.sum(c * vec[..., :, :q], axis=-2))              # (..., Q)
+  keep = identifiable_components(lam, q, min_gap)
+  count = keep.sum(-1)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    mean = np.where(count > 0, np.sum(cos * keep, -1) / count, np.nan)
+  return mean, count
+
+
+def pca_fidelity(x, basis, variances, min_gap: Optional[float] = None
+                 ) -> dict:
+  """The PCA fidelity summary logged at every eval (`pca/...`).
+
+  Args:
+    x: `(..., n, D)` samples the PCA sees (its input, not centred).
+    basis: `(..., D, Q)`.
+    variances: `(..., Q)` running coefficient variances (the layer's own
+      view of its ordering).
+    min_gap: see `identifiable_components`; None: `default_min_gap(n)`.
+
+  Returns:
+    `{'captured_variance', 'captured_variance_min', 'order_spearman',
+    'eigenvector_alignment', 'identifiable_components'}`: means over
+    problems (the min for `_min`; problems where a value is NaN are left
+    out of its mean, and a value is NaN only if it is NaN for all).
+  """
+  _check_problems(x, basis)
+  lam, vec = _sample_eigh(x)
+  if min_gap is None:
+    min_gap = default_min_gap(np.shape(x)[-2])
+  captured = _captured(x, _orthonormal_span(basis), lam)
+  rho = order_spearman(variances)
+  align, count = _alignment(basis, lam, vec, min_gap)
+
+  def nanmean(v):
+    v = np.asarray(v, np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float('nan')
+
+  return {'captured_variance': float(np.mean(captured)),
+          'captured_variance_min': float(np.min(captured)),
+          'order_spearman': nanmean(rho),
+          'eigenvector_alignment': nanmean(align),
+          'identifiable_components': float(np.mean(count))}
 
 
 # ---------------------------------------------------------------------------

@@ -268,8 +268,50 @@ def _validate_pca(config: ml_collections.ConfigDict) -> None:
   if q > dim:
     raise ValueError(f'config.model.bottleneck.num_components={q} (Q) exceeds '
                      f'{what} = {dim}; Q <= D is required.')
+  _validate_pca_tracker(config, dim, h * w if mode == 'spatial' else 1)
   _validate_coefficient_quantization(config, h * w * q if mode != 'global'
                                      else q)
+
+
+# The `subspace` tracker's covariance state (problems x dim x dim float32)
+# above this many bytes is refused: it is checkpointed and updated per step.
+MAX_SUBSPACE_STATE_BYTES = 2 ** 31
+
+
+def _validate_pca_tracker(config: ml_collections.ConfigDict, dim: int,
+                          problems: int) -> None:
+  """`tracker`, `learning_rate`, `max_update_norm` and the `subspace` keys."""
+  b = config.model.bottleneck
+  key = 'config.model.bottleneck.'
+  tracker = b.get('tracker', 'reference')
+  if tracker not in bottlenecks.PCA_TRACKERS:
+    raise ValueError(f'{key}tracker={tracker!r}; choose one of '
+                     f'{bottlenecks.PCA_TRACKERS}.')
+  rate = b.get('learning_rate')
+  if rate is not None and not (isinstance(rate, (int, float)) and rate > 0):
+    raise ValueError(f'{key}learning_rate={rate!r} must be a positive number '
+                     '(or None: tied to the optimizer).')
+  if tracker == 'sanger' and rate is not None and rate > 1:
+    raise ValueError(f'{key}learning_rate={rate!r}: the sanger tracker is '
+                     'stable for rates in (0, 1].')
+  clip = b.get('max_update_norm')
+  if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
+    raise ValueError(f'{key}max_update_norm={clip!r} must be positive (or '
+                     'None: no clip).')
+  alpha = b.get('covariance_alpha', 0.99)
+  if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1):
+    raise ValueError(f'{key}covariance_alpha={alpha!r} must be in (0, 1].')
+  iters = b.get('subspace_iterations', 1)
+  if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
+    raise ValueError(f'{key}subspace_iterations={iters!r} must be an integer '
+                     '>= 1.')
+  if tracker == 'subspace':
+    state = problems * dim * dim * 4
+    if state > MAX_SUBSPACE_STATE_BYTES:
+      raise ValueError(
+          f'{key}tracker=subspace keeps a {problems} x {dim} x {dim} '
+          f'covariance ({state / 2 ** 30:.1f} GiB); use sanger, or a smaller '
+          'dimension (global_dim, latent_dim).')
 
 
 def _validate_coefficient_quantization(config: ml_collections.ConfigDict,
@@ -335,6 +377,11 @@ ADDED_KEY_DEFAULTS = {
     'model.bottleneck.warmup_auto_every': 50,
     'model.bottleneck.warmup_auto_patience': 3,
     'model.bottleneck.warmup_auto_tolerance': 0.05,
+    # Runs before the PCA trackers existed used the OPCA-VAE rule; the
+    # subspace tracker's keys do nothing for the others.
+    'model.bottleneck.tracker': 'reference',
+    'model.bottleneck.covariance_alpha': 0.99,
+    'model.bottleneck.subspace_iterations': 1,
 }
 
 

@@ -41,6 +41,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import threadpoolctl
 
 from pcavae import analysis
 from pcavae import bits
@@ -241,11 +242,20 @@ class Spectra:
                    (`pca` collection `coef_var`, averaged over locations in
                    `spatial` mode), largest first
 
+  For a PCA bottleneck it also measures whether the layer is a PCA of what
+  it sees (`analysis.pca_fidelity` on the reference set's PCA inputs, one
+  problem per location in `spatial` mode): `pca/captured_variance` (mean
+  over problems) and `_min`, `pca/order_spearman` (-1: variance-ordered),
+  `pca/eigenvector_alignment` over `pca/identifiable_components`, timed as
+  `eval/seconds_pca_fidelity`, with a plot of them over training
+  (`viz.fidelity_plot`).
+
   Each gives `spectra/<name>/erank`, `/pr` and `/dim99` (99%-variance
   dimension); the raw spectra go to `workdir/spectra/step_<n>.npz` (with the
-  PCA basis' orthonormality error), and `__call__` returns a plot of every
-  eval so far (`viz.spectrum_plot`) for the trainer to write to `images/`.
-  The cost, plot included, is `eval/seconds_spectra`.
+  PCA basis' orthonormality error and the fidelity values), and `__call__`
+  returns plots of every eval so far (`viz.spectrum_plot`, and
+  `viz.fidelity_plot` for a PCA) for the trainer to write to `images/`.
+  The cost, plots included, is `eval/seconds_spectra`.
   """
 
   def __init__(self, model, config: ml_collections.ConfigDict, mesh,
@@ -260,7 +270,7 @@ class Spectra:
       z = m.encode(x)
       z_q, aux = m.quantize(z.astype(jnp.float32), False)
       out = {'z_e': z, 'z_q': z_q}
-      for k in ('codes', 'codebook'):
+      for k in ('codes', 'codebook', 'pca_input'):
         if k in aux:
           out[k] = aux[k]
       return out
@@ -280,9 +290,10 @@ class Spectra:
 
   def spectra(self, state: State, source) -> Tuple[Dict[str, np.ndarray],
                                                    Dict[str, float]]:
-    """`({name: singular values}, extras)` of the reference set."""
+    """`({name: singular values}, extras)` of the reference set; for a
+    PCA the extras hold the fidelity values (`FIDELITY_PREFIX` + name)."""
     cfg = self.config
-    z_e, z_q, codes, codebook = [], [], [], None
+    z_e, z_q, codes, codebook, pca_input = [], [], [], None, []
     for images, mask in data.eval_batches(
         source, global_batch_size=cfg.eval.batch_size,
         num_examples=self.num_images, process_index=jax.process_index(),
@@ -294,6 +305,8 @@ class Spectra:
       z_q.append(gather(out['z_q'])[mask_h])
       if 'codes' in out:
         codes.append(gather(out['codes'])[mask_h])
+      if 'pca_input' in out:
+        pca_input.append(_pca_rows(gather(out['pca_input']), mask_h))
       if 'codebook' in out and codebook is None:
         # gather: under FSDP / multi-host it need not be fully addressable.
         codebook = gather(out['codebook'])
@@ -313,22 +326,36 @@ class Spectra:
           else np.zeros((1,)))
     pca_state = state.get('pca')
     if pca_state is not None:
+      leaves = {}
       for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:
         key = path[-1].key
         if key == 'coef_var':
-          var = np.asarray(gather(leaf), np.float64)
-          var = var.reshape(-1, var.shape[-1]).mean(0)
+          leaves[key] = np.asarray(gather(leaf), np.float64)
+          var = leaves[key].reshape(-1, leaves[key].shape[-1]).mean(0)
           spectra['pca_coef'] = np.sort(np.sqrt(np.maximum(var, 0)))[::-1]
         elif key == 'basis':
           extras['pca_orthonormality_error'] = float(
               pca_lib.orthonormality_error(leaf))
+          leaves[key] = np.asarray(gather(leaf), np.float64)
+      if pca_input and 'basis' in leaves:
+        t0 = time.perf_counter()
+        # One BLAS thread: many small eigendecompositions (one per location)
+        # gain nothing from threads, and OpenBLAS threads next to a loaded
+        # CPU spin: 17 s instead of 0.4 s measured for 64 of 64 x 64.
+        with threadpoolctl.threadpool_limits(1):
+          fidelity = analysis.pca_fidelity(
+              np.concatenate(pca_input, axis=-2), leaves['basis'],
+              leaves['coef_var'])
+        for k, v in fidelity.items():
+          extras[FIDELITY_PREFIX + k] = v
+        extras['seconds_pca_fidelity'] = time.perf_counter() - t0
     return spectra, extras
 
   def __call__(self, state: State, source, step: int
-               ) -> Tuple[Dict[str, float], Optional[np.ndarray]]:
-    """Returns `(metrics, plot)`: `spectra/*` scalars and
-    `eval/seconds_spectra`; the plot (uint8 image) on the primary process,
-    else None."""
+               ) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
+    """Returns `(metrics, plots)`: `spectra/*` (and for a PCA `pca/*`)
+    scalars and `eval/seconds_spectra`; `{name: uint8 image}` on the primary
+    process (`spectra`, and `pca_fidelity` for a PCA), else empty."""
     t0 = time.perf_counter()
     spectra, extras = self.spectra(state, source)
     out: Dict[str, float] = {}
@@ -337,22 +364,74 @@ class Spectra:
         out[f'spectra/{name}/{k}'] = float(v)
     if 'num_used_codes' in extras:
       out['spectra/codebook_used/num_codes'] = extras['num_used_codes']
-    plot = None
+    for k, v in extras.items():
+      if k.startswith(FIDELITY_PREFIX):
+        out['pca/' + k[len(FIDELITY_PREFIX):]] = float(v)
+    if 'seconds_pca_fidelity' in extras:
+      out['eval/seconds_pca_fidelity'] = extras['seconds_pca_fidelity']
+    plots: Dict[str, np.ndarray] = {}
     if sharding.is_primary():
       os.makedirs(self.directory(), exist_ok=True)
       np.savez(os.path.join(self.directory(), f'step_{int(step):07d}.npz'),
                step=np.int64(step), **spectra,
                **{k: np.float64(v) for k, v in extras.items()})
-      plot = viz.spectrum_plot(self.history(step), self.threshold,
-                               title=f'{self.config.model.bottleneck.kind}: '
-                               'singular values of centred vectors')
+      plots['spectra'] = viz.spectrum_plot(
+          self.history(step), self.threshold,
+          title=f'{self.config.model.bottleneck.kind}: '
+          'singular values of centred vectors')
+      fidelity = load_fidelity(self.workdir, step)
+      if fidelity:
+        b = self.config.model.bottleneck
+        plots['pca_fidelity'] = viz.fidelity_plot(
+            fidelity, title=f"PCA ({b.get('mode', 'spatial')}, "
+            f"tracker {b.get('tracker', 'reference')}) vs the exact PCA of "
+            f'{int(extras["num_images"])} eval images')
     out['eval/seconds_spectra'] = time.perf_counter() - t0
-    return out, plot
+    return out, plots
 
   def history(self, up_to_step: int) -> list:
     """`[(step, {name: spectrum})]` of the saved evals up to a step (files
     of later steps are leftovers of an interrupted run and are skipped)."""
     return load_spectra(self.workdir, up_to_step)
+
+
+FIDELITY_PREFIX = 'pca_fidelity_'
+
+
+def _pca_rows(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """The rows of the PCA's eval input (aux `pca_input`: `(L, B, D)`,
+  `(B L, D)` or `(B, N)`) that belong to the images where `mask` is set."""
+  if x.ndim == 3:                                   # spatial: (L, B, D)
+    return x[:, mask]
+  per_image = x.shape[0] // mask.shape[0]           # shared: L rows each
+  return x[np.repeat(mask, per_image)]
+
+
+def load_fidelity(workdir: str, up_to_step: Optional[int] = None
+                  ) -> Dict[str, np.ndarray]:
+  """The PCA fidelity values saved with the spectra: `{'step': (k,),
+  name: (k,)}` over the evals up to a step, in step order (empty without a
+  PCA)."""
+  directory = os.path.join(workdir, SPECTRA_DIR)
+  rows = []
+  if os.path.isdir(directory):
+    for name in sorted(os.listdir(directory)):
+      if not (name.startswith('step_') and name.endswith('.npz')):
+        continue
+      with np.load(os.path.join(directory, name)) as f:
+        step = int(f['step'])
+        if up_to_step is not None and step > up_to_step:
+          continue
+        values = {k[len(FIDELITY_PREFIX):]: float(f[k]) for k in f.files
+                  if k.startswith(FIDELITY_PREFIX)}
+        if values:
+          rows.append((step, values))
+  if not rows:
+    return {}
+  out = {'step': np.array([s for s, _ in rows], np.int64)}
+  for k in rows[-1][1]:
+    out[k] = np.array([v.get(k, np.nan) for _, v in rows], np.float64)
+  return out
 
 
 def load_spectra(workdir: str, up_to_step: Optional[int] = None) -> list:

@@ -503,10 +503,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results, grid = evaluator(state, splits.eval)
     results['eval/seconds'] = time.perf_counter() - t0
     if spectra.enabled:  # timed on its own: eval/seconds_spectra
-      values, plot = spectra(state, splits.eval, step)
+      values, plots = spectra(state, splits.eval, step)
       results.update(values)
-      if plot is not None:
-        writer.write_image(step, 'spectra', plot)
+      for name, plot in plots.items():
+        writer.write_image(step, name, plot)
     for name, value in collections_stats(state).items():
       results[name] = value
     writer.write_scalars(step, results)

@@ -128,6 +128,58 @@ def spectrum_plot(history: Sequence[tuple], threshold: float = 0.99,
   return figure_to_array(fig)
 
 
+def fidelity_plot(history: dict, title: str = '') -> np.ndarray:
+  """PCA fidelity over training (`pcavae.evaluators.load_fidelity`).
+
+  Left: captured variance (mean and min over problems) and the alignment of
+  the identifiable components with the exact eigenvectors, on [0, 1] with
+  the 0.95 target dashed. Right: Spearman rho of component index vs running
+  coefficient variance, on [-1, 1] with the -0.9 target dashed (-1: the
+  components come in decreasing order of variance).
+
+  Args:
+    history: `{'step': (k,), 'captured_variance': (k,), ...}`.
+    title: figure title.
+
+  Returns:
+    A uint8 `(H, W, 3)` image.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  steps = np.asarray(history['step'])
+  fig = Figure(figsize=(8.4, 3.4), dpi=100)
+  fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.8,
+                      wspace=0.25)
+  left, right = fig.subplots(1, 2)
+  lines = (('captured_variance', 'captured variance (mean)', 'C0', '-'),
+           ('captured_variance_min', 'captured variance (min)', 'C0', ':'),
+           ('eigenvector_alignment', 'mean |cos(c_j, e_j)|, identifiable j',
+            'C2', '-'))
+  for key, label, color, style in lines:
+    if key in history:
+      v = np.asarray(history[key])
+      left.plot(steps, v, style, color=color, marker='o', ms=3,
+                label=f'{label}: {v[-1]:.3f}')
+  left.axhline(0.95, color='gray', ls='--', lw=0.8)
+  left.set_ylim(0, 1.02)
+  left.set_title('subspace and vectors vs the exact PCA', fontsize=9)
+  left.legend(fontsize=7, loc='lower right')
+  if 'order_spearman' in history:
+    v = np.asarray(history['order_spearman'])
+    right.plot(steps, v, 'o-', color='C3', ms=3,
+               label=f'Spearman rho(index, variance): {v[-1]:.3f}')
+  right.axhline(-0.9, color='gray', ls='--', lw=0.8)
+  right.set_ylim(-1.05, 1.05)
+  right.set_title('ordering (-1: variance-ordered)', fontsize=9)
+  right.legend(fontsize=7, loc='upper right')
+  for ax in (left, right):
+    ax.set_xlabel('step', fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=7)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return figure_to_array(fig)
+
+
 # ---------------------------------------------------------------------------
 # Rate-distortion figures (experiments/budget_sweep.py, colab/).
 # ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The pure PCA math of pcavae.models.pca against closed forms and numpy."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,3 +137,121 @@ def test_random_orthonormal(shape):
   c = pca.random_orthonormal(jax.random.PRNGKey(0), shape)
   assert c.shape == shape
   assert float(pca.orthonormality_error(c)) < 1e-5
+
+
+# ---------------------------------------------------------------------------
+# The scale-free Sanger step (tracker `sanger`) and the subspace tracker.
+# ---------------------------------------------------------------------------
+
+# A known spectrum: four leading eigenvalues with relative gaps >= 0.25, then
+# a decaying tail.
+_EIGS = np.array([8.0, 4.0, 2.0, 1.5] + [0.5 * 0.8 ** i for i in range(12)])
+
+
+def _run_normalized_sanger(rate, scale, steps, d=16, q=4, n=32):
+  """Normalised Sanger steps on Gaussian samples of covariance `_EIGS` (in a
+  random eigenbasis) times `scale**2`, orthonormalised every Q steps, with
+  the running coefficient variance that the layer keeps."""
+  u, cov = _covariance_with_eigs(d, _EIGS, seed=7)
+  chol = jnp.asarray(np.linalg.cholesky(cov), jnp.float32)
+  path, var = _normalized_sanger_path(
+      jax.random.PRNGKey(1), chol, jnp.float32(rate), jnp.float32(scale),
+      steps, q, n)
+  return np.asarray(path), np.asarray(var), u
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _normalized_sanger_path(key, chol, rate, scale, steps, q, n):
+  d = chol.shape[0]
+
+  def body(carry, k):
+    c, var, var_norm, t = carry
+    x = scale * (jax.random.normal(k, (n, d)) @ chol.T)
+    c = c + rate * pca.normalized_sanger_delta(c, x, var)
+    t = t + 1
+    c = jax.lax.cond(t % q == 0, pca.orthonormalize, lambda c: c, c)
+    y = x @ c
+    var, var_norm = pca.fade_mean(var, var_norm, jnp.mean(y * y, 0), 0.99)
+    return (c, var, var_norm, t), c
+
+  init = (pca.random_orthonormal(jax.random.PRNGKey(0), (d, q)),
+          jnp.zeros(q), jnp.zeros(()), jnp.zeros((), jnp.int32))
+  (_, var, _, _), path = jax.lax.scan(body, init,
+                                      jax.random.split(key, steps))
+  return path, var
+
+
+def test_normalized_sanger_trajectory_does_not_depend_on_scale():
+  """z_e times 0.1 or 10: the same basis at every step, to rounding."""
+  ref, _, _ = _run_normalized_sanger(0.1, 1.0, 2000)
+  for scale in (0.1, 10.0):
+    path, _, _ = _run_normalized_sanger(0.1, scale, 2000)
+    np.testing.assert_allclose(path, ref, atol=2e-4)
+  # The raw step does depend on it: its size scales with scale**2.
+  c = pca.random_orthonormal(jax.random.PRNGKey(0), (16, 4))
+  x = jax.random.normal(jax.random.PRNGKey(2), (32, 16))
+  raw = np.linalg.norm(pca.sanger_delta(c, 10.0 * x))
+  assert raw > 50 * np.linalg.norm(pca.sanger_delta(c, x))
+  np.testing.assert_allclose(pca.normalized_sanger_delta(c, 10.0 * x),
+                             pca.normalized_sanger_delta(c, x), rtol=1e-4,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize('rate', [1e-3, 1e-2, 1e-1, 1.0])
+def test_normalized_sanger_stable_and_converges_over_rates(rate):
+  """Rates over three decades: never diverges; from 1e-2 up it converges to
+  the ordered top eigenvectors of the known covariance (closed form)."""
+  path, var, u = _run_normalized_sanger(rate, 1.0, 2000)
+  assert np.all(np.isfinite(path))
+  c = path[-1]
+  assert np.max(np.abs(np.linalg.norm(c, axis=0) - 1.0)) < 0.5
+  if rate < 1e-2:
+    return  # 2000 steps at 1e-3 are ~2 time constants: finite is the claim
+  cos = np.abs(np.sum(c * u[:, :4], 0)) / np.linalg.norm(c, axis=0)
+  # Stationary noise grows with the rate (batches of 32 in 16 dimensions).
+  assert cos.min() > (0.99 if rate <= 0.1 else 0.9), cos
+  span = np.linalg.qr(c)[0]
+  captured = np.trace(span.T @ (u * _EIGS) @ u.T @ span) / _EIGS[:4].sum()
+  assert captured > (0.995 if rate <= 0.1 else 0.97), captured
+  # The running coefficient variances approach the eigenvalues, in order.
+  assert np.all(np.diff(var) < 0)
+  np.testing.assert_allclose(var, _EIGS[:4], rtol=0.25)
+
+
+def test_normalized_sanger_zero_samples_give_zero_step():
+  c = pca.random_orthonormal(jax.random.PRNGKey(0), (6, 2))
+  delta = pca.normalized_sanger_delta(c, jnp.zeros((4, 6)), jnp.zeros(2))
+  np.testing.assert_array_equal(delta, np.zeros((6, 2)))
+
+
+def test_covariance_update_closed_form():
+  rng = np.random.default_rng(8)
+  alpha = 0.9
+  xs = rng.normal(size=(4, 2, 10, 3)).astype(np.float32)   # 4 batches, L=2
+  cov, norm = jnp.zeros((2, 3, 3)), jnp.zeros((2,))
+  batch_covs = np.einsum('tlnd,tlne->tlde', xs, xs) / 10
+  for t in range(4):
+    cov, norm = pca.covariance_update(cov, norm, jnp.asarray(xs[t]), alpha)
+    w = alpha ** (t - np.arange(t + 1))
+    expected = np.tensordot(w, batch_covs[:t + 1], axes=1) / w.sum()
+    np.testing.assert_allclose(cov, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_subspace_iteration_converges_to_ordered_eigenvectors():
+  d, q = 16, 4
+  u, cov = _covariance_with_eigs(d, _EIGS, seed=9)
+  cov = jnp.asarray(np.stack([cov, cov]), jnp.float32)       # 2 problems
+  c = pca.random_orthonormal(jax.random.PRNGKey(3), (2, d, q))
+  # Rate lambda_5 / lambda_4 = 1/3 per iteration: 60 reach rounding.
+  c, ritz = jax.jit(lambda cov, c: pca.subspace_iteration(cov, c, 60))(cov, c)
+  c = np.asarray(c)
+  for i in range(2):
+    np.testing.assert_allclose(c[i].T @ c[i], np.eye(q), atol=1e-5)
+    np.testing.assert_allclose(np.abs(np.sum(c[i] * u[:, :q], 0)), 1.0,
+                               atol=1e-4)
+  np.testing.assert_allclose(ritz, np.stack([_EIGS[:q]] * 2), rtol=1e-4)
+  # Signs follow the incoming basis: one more iteration flips nothing.
+  c2, _ = pca.subspace_iteration(cov, jnp.asarray(c))
+  np.testing.assert_allclose(c2, c, atol=1e-4)
+  c3, _ = pca.subspace_iteration(cov, -jnp.asarray(c))
+  np.testing.assert_allclose(c3, -c, atol=1e-4)

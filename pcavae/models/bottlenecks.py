@@ -31,6 +31,7 @@ Aux = Dict[str, Array]
 _REGISTRY: Dict[str, Type[nn.Module]] = {}
 
 PCA_MODES = ('spatial', 'shared', 'global')
+PCA_TRACKERS = ('reference', 'sanger', 'subspace')
 
 
 def register(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
@@ -78,10 +79,31 @@ class PCABottleneck(nn.Module):
       `(L, D, Q)`), `shared` (one PCA over every location's D-vector; `(D, Q)`)
       or `global` (the whole latent as one vector; `(N, Q)`).
     alpha: fade factor of the running mean (bias-corrected EMA).
+    tracker: how the basis follows the latents (`PCA_TRACKERS`):
+      `reference` is the OPCA-VAE rule exactly: the raw Sanger step
+      (`pca.sanger_delta`), whose size scales with the square of the latent's
+      scale. `sanger` divides each column's step by its coefficient's
+      variance (`pca.normalized_sanger_delta`): the same rate gives the same
+      basis trajectory at any latent scale and is stable for rates in
+      (0, 1]. `subspace` keeps a bias-corrected EMA of the covariance
+      (`covariance_alpha`, state `cov` `(..., D, D)`: L x D x D floats in
+      `spatial` mode) and takes `subspace_iterations` orthogonal iterations
+      with Rayleigh-Ritz ordering on it every step
+      (`pca.subspace_iteration`): the converged reference; it ignores
+      `learning_rate`, `max_update_norm` and `orthonormalize_every`. Its
+      work per step is `L (n D^2 + D^2 Q + D Q^2 + Q^3)` (covariance update,
+      one product, QR, the Q x Q eigendecomposition) against Sanger's
+      `L (n D Q + D Q^2)`: at `spatial16` (L = 256, D = 256, Q = 51, n = 16
+      images a step) about 270 M (covariance) + 860 M (product) + 170 M
+      (QR) multiply-adds a step, and 64 MiB of state. The class defaults
+      are the reference rule (the layer as checked against OPCA-VAE);
+      `configs/pcavae.py` chooses `sanger` at rate 0.1.
     learning_rate: Hebbian step size; None ties it to the optimizer's current
       learning rate passed as `lr` (the reference's choice).
     max_update_norm: Frobenius clip of each problem's step (reference: 0.1 in
       `spatial` mode, none in `global`). None disables it.
+    covariance_alpha: fade factor of the `subspace` tracker's covariance.
+    subspace_iterations: orthogonal iterations per step (`subspace`).
     orthonormalize_every: re-orthonormalise every this many updates (default
       Q, as in the reference).
     global_dim: in `global` mode, map the flattened latent to this many
@@ -109,6 +131,10 @@ class PCABottleneck(nn.Module):
       its own locations. None: XLA decides (under a mesh the samples follow
       the batch, and every device repeats the whole PCA on a replicated basis).
 
+  At eval `aux` also holds `pca_input`: the samples as the PCA sees them
+  (`(L, B, D)` spatial, `(B H W, D)` shared, `(B, N)` global), for the
+  fidelity measures of every eval (`pcavae.evaluators.Spectra`).
+
   At eval with quantization on, `aux` also holds `symbols` (int32, the shape
   of `coefficients`) and `symbol_bits` (bits of each coefficient of one
   image: `(H, W, Q)`, `(Q,)` in `global` mode). `__call__` also takes an
@@ -118,6 +144,7 @@ class PCABottleneck(nn.Module):
   num_components: int
   mode: str = 'spatial'
   alpha: float = 0.9
+  tracker: str = 'reference'
   learning_rate: Optional[float] = None
   max_update_norm: Optional[float] = 0.1
   orthonormalize_every: Optional[int] = None
@@ -128,6 +155,8 @@ class PCABottleneck(nn.Module):
   coefficient_bits: int = bits.FLOAT_BITS
   coefficient_bit_budget: Optional[int] = None
   sample_sharding: Optional[jax.sharding.Sharding] = None
+  covariance_alpha: float = 0.99
+  subspace_iterations: int = 1
 
   def _split_first(self, a: Array) -> Array:
     """Splits the first axis over the devices (`sample_sharding`), if set."""
@@ -206,6 +235,9 @@ class PCABottleneck(nn.Module):
     if self.mode not in PCA_MODES:
       raise ValueError(f'config.model.bottleneck.mode={self.mode!r}; '
                        f'choose one of {PCA_MODES}.')
+    if self.tracker not in PCA_TRACKERS:
+      raise ValueError(f'config.model.bottleneck.tracker={self.tracker!r}; '
+                       f'choose one of {PCA_TRACKERS}.')
     in_dtype = h.dtype
     h = h.astype(jnp.float32)
     b, hh, ww, d = h.shape
@@ -248,13 +280,36 @@ class PCABottleneck(nn.Module):
     forced = self.variable('pca', 'forced_orthonormalizations',
                            lambda: jnp.zeros((), jnp.int32))
 
+    if self.tracker == 'subspace':
+      cov = self.variable('pca', 'cov', lambda: jnp.zeros(
+          problem_shape + (dim, dim), jnp.float32))
+      cov_norm = self.variable('pca', 'cov_norm',
+                               lambda: jnp.zeros(problem_shape, jnp.float32))
+
     stats: Aux = {}
-    if train and not self.is_initializing():
+    if train and not self.is_initializing() and self.tracker == 'subspace':
+      xs = jax.lax.stop_gradient(x)
+      mu, s = pca.fade_mean(mean.value, fade_norm.value,
+                            jnp.mean(xs, axis=-2), self.alpha)
+      xc = xs - mu[..., None, :]
+      cov.value, cov_norm.value = pca.covariance_update(
+          cov.value, cov_norm.value, xc, self.covariance_alpha)
+      new_basis, _ = pca.subspace_iteration(cov.value, basis.value,
+                                            self.subspace_iterations)
+      moved = new_basis - basis.value
+      basis.value, mean.value, fade_norm.value = new_basis, mu, s
+      count.value = count.value + 1
+      stats['pca_update_norm'] = jnp.sqrt(jnp.mean(
+          jnp.sum(jnp.square(moved), axis=(-2, -1))))
+    elif train and not self.is_initializing():
       xs = jax.lax.stop_gradient(x)
       batch_mean = jnp.mean(xs, axis=-2)
       mu, s = pca.fade_mean(mean.value, fade_norm.value, batch_mean, self.alpha)
       xc = xs - mu[..., None, :]
-      raw_delta = pca.sanger_delta(basis.value, xc)
+      if self.tracker == 'sanger':
+        raw_delta = pca.normalized_sanger_delta(basis.value, xc, var.value)
+      else:
+        raw_delta = pca.sanger_delta(basis.value, xc)
       delta = pca.clip_update(raw_delta, self.max_update_norm)
       eta = self.learning_rate if self.learning_rate is not None else lr
       if eta is None:
@@ -295,7 +350,10 @@ class PCABottleneck(nn.Module):
       batch_var = jnp.mean(jnp.square(jax.lax.stop_gradient(coeffs)), axis=-2)
       var.value, var_norm.value = pca.fade_mean(
           var.value, var_norm.value, batch_var, self.variance_alpha)
-    eval_extra: Aux = {}
+    # At eval, the samples as the PCA sees them (`(L, B, D)`, `(B L, D)` or
+    # `(B, N)`, after the `global_dim` map): the fidelity measures of
+    # `analysis.pca_fidelity` compare the basis with their exact PCA.
+    eval_extra: Aux = {} if train else {'pca_input': x}
     if not train and (self.quantizes or coefficient_shift is not None):
       # Reconstruct from what would be sent: the decoder then sees exactly
       # the latent whose size bits.latent_bits reports.
@@ -304,8 +362,8 @@ class PCABottleneck(nn.Module):
         y, symbols, nbits = self._quantize(
             y, jax.lax.stop_gradient(var.value), hh * ww)
         image_shape = (hh, ww, q) if self.mode != 'global' else (q,)
-        eval_extra = {'symbols': symbols.reshape((b,) + image_shape),
-                      'symbol_bits': nbits.reshape(image_shape)}
+        eval_extra.update(symbols=symbols.reshape((b,) + image_shape),
+                          symbol_bits=nbits.reshape(image_shape))
       if coefficient_shift is not None:
         full = (b, hh, ww, q) if self.mode != 'global' else (b, q)
         y = y + jnp.broadcast_to(jnp.asarray(coefficient_shift, jnp.float32),

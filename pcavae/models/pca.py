@@ -113,6 +113,44 @@ def _sanger_delta_blocked(basis: Array, xc: Array, k: int) -> Array:
   return jnp.concatenate(out, axis=-1) / max(n, 1)
 
 
+def normalized_sanger_delta(basis: Array, xc: Array,
+                            running_var: Optional[Array] = None) -> Array:
+  """`sanger_delta` with column j divided by the variance of coefficient j.
+
+  The raw step scales with the square of the latent's scale, so a fixed rate
+  that is safe at one scale diverges at another. Dividing column j by
+  `v_j = max(mean(y_j^2), running_var_j)` (this batch's second moment of the
+  coefficient, or its running variance where that is larger) makes the step
+  invariant to the scale of `xc`: scaling `xc` by s scales both the
+  direction and `v_j` by s^2. Near convergence component j then turns
+  towards eigenvector i at the rate `lr (1 - lambda_i / lambda_j)`, set by
+  the relative eigengap alone, and the column norm follows
+  `r <- r + lr (1 / r - r)` (Newton's iteration for r = 1 at lr = 1/2):
+  stable for every rate in (0, 1]. Taking the larger of the two variances
+  never makes the step longer than the batch-normalised one (whose stability
+  this is) and damps it when a batch happens to be small in a direction.
+  `v_j` is floored at 1e-6 of the mean per-dimension variance (relative, so
+  still scale-free) for a component in a direction the data never visit.
+
+  Args:
+    basis: `(..., D, Q)`.
+    xc: centred samples `(..., n, D)`.
+    running_var: `(..., Q)` running coefficient variances, or None.
+
+  Returns:
+    `(..., D, Q)`, the update direction (not yet scaled by a rate).
+  """
+  n = max(xc.shape[-2], 1)
+  y = xc @ basis
+  var = jnp.sum(jnp.square(y), axis=-2) / n                    # (..., Q)
+  if running_var is not None:
+    var = jnp.maximum(var, running_var)
+  per_dim = jnp.sum(jnp.square(xc), axis=(-2, -1)) / (n * xc.shape[-1])
+  floor = jnp.maximum(1e-6 * per_dim, jnp.finfo(jnp.float32).tiny)
+  var = jnp.maximum(var, floor[..., None])
+  return sanger_delta(basis, xc) / var[..., None, :]
+
+
 def clip_update(delta: Array, max_norm: Optional[float]) -> Array:
   """Scales each problem's `(D, Q)` step down to Frobenius norm `max_norm`."""
   if max_norm is None:
@@ -328,3 +366,60 @@ def exact_pca(x: Array, num_components: int) -> Tuple[Array, Array, Array]:
   idx = jnp.argmax(jnp.abs(vec), axis=-2, keepdims=True)
   sign = jnp.sign(jnp.take_along_axis(vec, idx, axis=-2))
   return mean, vec * sign, lam
+
+
+def covariance_update(cov: Array, cov_norm: Array, xc: Array,
+                      alpha: float) -> Tuple[Array, Array]:
+  """Bias-corrected EMA of the covariance of centred samples (`fade_mean`'s
+  rule applied to `xc^T xc / n`).
+
+  Args:
+    cov: running covariance `(..., D, D)`.
+    cov_norm: its normaliser `s`, `(...)`.
+    xc: centred samples `(..., n, D)`.
+    alpha: fade factor in (0, 1]; the covariance averages over about
+      `1 / (1 - alpha)` batches.
+
+  Returns:
+    `(new_cov, new_cov_norm)`; after the first batch `new_cov` is that
+    batch's covariance exactly.
+  """
+  d = cov.shape[-1]
+  batch_cov = jnp.swapaxes(xc, -1, -2) @ xc / max(xc.shape[-2], 1)
+  flat, norm = fade_mean(cov.reshape(cov.shape[:-2] + (d * d,)), cov_norm,
+                         batch_cov.reshape(cov.shape[:-2] + (d * d,)), alpha)
+  return flat.reshape(cov.shape), norm
+
+
+def subspace_iteration(cov: Array, basis: Array, iterations: int = 1
+                       ) -> Tuple[Array, Array]:
+  """Orthogonal iteration on `cov`, then Rayleigh-Ritz ordering.
+
+  `C <- qr(cov C)` `iterations` times converges to the top-Q eigen-subspace
+  at the rate `lambda_{Q+1} / lambda_Q` per iteration; the Rayleigh-Ritz step
+  (eigendecomposition of the `Q x Q` matrix `C^T cov C`) then rotates the
+  columns within the span to the Ritz vectors, in decreasing order of Ritz
+  value, which are the eigenvectors themselves once the span is exact. Each
+  column's sign is chosen to agree with the incoming basis (a positive
+  `c_old^T c_new`), so coefficients do not flip between steps.
+
+  Args:
+    cov: `(..., D, D)` symmetric positive semi-definite.
+    basis: `(..., D, Q)` current basis (the starting point).
+    iterations: orthogonal iterations (static, >= 1).
+
+  Returns:
+    `(basis (..., D, Q) orthonormal, ritz_values (..., Q) decreasing)`.
+  """
+  cov = cov.astype(jnp.float32)
+  c = basis.astype(jnp.float32)
+  c = jax.lax.fori_loop(0, iterations,
+                        lambda _, c: jnp.linalg.qr(cov @ c)[0], c)
+  small = jnp.swapaxes(c, -1, -2) @ cov @ c
+  small = 0.5 * (small + jnp.swapaxes(small, -1, -2))
+  ritz, rot = jnp.linalg.eigh(small)
+  ritz, rot = ritz[..., ::-1], rot[..., :, ::-1]
+  c = c @ rot
+  agree = jnp.sum(c * basis.astype(jnp.float32), axis=-2)     # (..., Q)
+  c = c * jnp.where(agree < 0, -1.0, 1.0)[..., None, :]
+  return c.astype(basis.dtype), ritz

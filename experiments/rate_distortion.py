@@ -375,39 +375,44 @@ def run(models: Sequence[tuple], images, names, out: str,
   return result
 
 
-_QUICK = flags.DEFINE_bool('quick', False, 'The CPU-minutes version.')
-_OUT = flags.DEFINE_string('out', None, 'Output folder (default '
-                           'workdirs/rate_distortion[_quick]).')
-_IMAGES = flags.DEFINE_string('images', '', 'A folder of held-out images '
-                              '(default: the photo_patches eval photos).')
-_SWEEP = flags.DEFINE_string('sweep_dir', '', 'Reuse runs/<cell> of a '
-                             'budget sweep output when present.')
-_STEPS = flags.DEFINE_integer('steps', 0, 'Train steps (0: 600 quick, '
-                              '3000 default).')
-_FIGURE = flags.DEFINE_string('figure', '', 'Also copy the figure here.')
+def _define_flags():
+  # Defined only when run as a script: tests import this module beside other
+  # experiments that define --out too.
+  flags.DEFINE_bool('quick', False, 'The CPU-minutes version.')
+  flags.DEFINE_string('out', None, 'Output folder (default '
+                      'workdirs/rate_distortion[_quick]).')
+  flags.DEFINE_string('images', '', 'A folder of held-out images '
+                      '(default: the photo_patches eval photos).')
+  flags.DEFINE_string('sweep_dir', '', 'Reuse runs/<cell> of a '
+                      'budget sweep output when present.')
+  flags.DEFINE_integer('steps', 0, 'Train steps (0: 600 quick, '
+                       '3000 default).')
+  flags.DEFINE_string('figure', '', 'Also copy the figure here.')
 
 
 def main(argv):
   del argv
-  size = 'quick' if _QUICK.value else 'default'
-  out = _OUT.value or os.path.join(ROOT, 'workdirs', 'rate_distortion' + (
-      '_quick' if _QUICK.value else ''))
+  f = flags.FLAGS
+  size = 'quick' if f.quick else 'default'
+  out = f.out or os.path.join(ROOT, 'workdirs', 'rate_distortion' + (
+      '_quick' if f.quick else ''))
   t0 = time.perf_counter()
-  workdirs = train_models(out, size, _STEPS.value or STEPS[size], _SWEEP.value)
+  workdirs = train_models(out, size, f.steps or STEPS[size], f.sweep_dir)
   t_train = time.perf_counter() - t0
-  names, images = held_out_photos(_IMAGES.value)
+  names, images = held_out_photos(f.images)
   models = [(_LABELS[cell], workdirs[cell], budgets)
             for cell, budgets in MODELS[size]]
   run(models, images, names, out, title=(
       'Rate-distortion from file sizes, held-out photos at full size; '
-      f'models: {_STEPS.value or STEPS[size]} steps at 32 px on CPU'))
+      f'models: {f.steps or STEPS[size]} steps at 32 px on CPU'))
   print(open(os.path.join(out, 'results.md')).read())
   print(f'train {t_train / 60:.1f} min, measure '
         f'{(time.perf_counter() - t0 - t_train) / 60:.1f} min')
-  if _FIGURE.value:
-    shutil.copyfile(os.path.join(out, 'rate_distortion.png'), _FIGURE.value)
+  if f.figure:
+    shutil.copyfile(os.path.join(out, 'rate_distortion.png'), f.figure)
 
 
 if __name__ == '__main__':
   logging.set_verbosity(logging.WARNING)
+  _define_flags()
   app.run(main)

@@ -77,7 +77,7 @@ def eval_images(config, num: int, reference: int):
 
 def run(out: str, sweep_dir: str, size: str = 'quick',
         pca_cell: str = 'pca_global_q100', vq_cell: str = 'vq_8x8_k1024',
-        components=(0, 1, 2, 3, 4, 5), values=(-2, -1, 0, 1, 2),
+        components=(0, 1, 2, 3, -1), values=(-2, -1, 0, 1, 2),
         num_images: int = 3, steps: int = 0, overwrite: bool = False
         ) -> dict:
   """Writes the traversal figures and `traversal.json`; returns its dict."""
@@ -99,26 +99,31 @@ def run(out: str, sweep_dir: str, size: str = 'quick',
     config, model, variables, step = train.restore_model(workdir)
     shown, ref = eval_images(config, num_images, 256)
     t0 = time.perf_counter()
+    # Negative indices count from the last component (-1: the smallest).
+    n = (config.model.bottleneck.num_components if which == 'pca'
+         else config.model.latent_dim)
+    shown_components = [j % n for j in components]
     if which == 'pca':
       strips, info = traversal.pca_traversal(model, variables, shown,
-                                             components, values)
+                                             shown_components, values)
       labels = [f'PC {j + 1}\nsigma {s:.2g}'
-                for j, s in zip(components, info['sigma'])]
+                for j, s in zip(shown_components, info['sigma'])]
       what = (f'{name}: coefficient j moved by t sigma_j '
               f"({config.model.bottleneck.mode} PCA, Q = "
               f'{config.model.bottleneck.num_components})')
     else:
       strips, info = traversal.latent_traversal(model, variables, shown, ref,
-                                                components, values)
+                                                shown_components, values)
       labels = [f'z_e dir {j + 1}\nsigma {s:.2g}'
-                for j, s in zip(components, info['sigma'])]
+                for j, s in zip(shown_components, info['sigma'])]
       what = (f'{name}: encoder output moved by t sigma_j along its j-th '
               'principal direction, then quantized')
     seconds = time.perf_counter() - t0
     image = viz.traversal_figure(strips, values, labels,
                                  title=what + ', t in sigma units')
     Image.fromarray(image).save(os.path.join(out, f'traversal_{which}.png'))
-    result[which] = {'cell': name, 'step': step, **info,
+    result[which] = {'cell': name, 'step': step,
+                     'components': shown_components, **info,
                      'seconds': seconds, 'train_seconds': t_train}
   with open(path, 'w') as f:
     json.dump(result, f, indent=1)
@@ -133,8 +138,8 @@ def _define_flags():
                       '<sweep_dir>/traversal).')
   flags.DEFINE_string('pca_cell', 'pca_global_q100', 'PCA-VAE cell.')
   flags.DEFINE_string('vq_cell', 'vq_8x8_k1024', 'Baseline cell ("" skips).')
-  flags.DEFINE_list('components', ['0', '1', '2', '3', '4', '5'],
-                    'Components (0 = largest variance).')
+  flags.DEFINE_list('components', ['0', '1', '2', '3', '-1'],
+                    'Components (0 = largest variance, -1 = the last).')
   flags.DEFINE_list('values', ['-2', '-1', '0', '1', '2'],
                     'Offsets in units of sigma.')
   flags.DEFINE_integer('num_images', 3, 'Held-out images per strip.')

@@ -756,18 +756,24 @@ def _summary(rows, skipped, seconds, echo, verb) -> Dict[str, Any]:
 # Command line.
 # ---------------------------------------------------------------------------
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training run directory.')
-_INPUT = flags.DEFINE_string(
-    'input', None, 'compress: a folder of images; decompress: of .pcav files.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Where to write the results.')
-_BUDGET = flags.DEFINE_integer(
-    'budget', None, 'PCA: bits per tile, water-filled over its coefficients.')
-_BITS = flags.DEFINE_integer('bits', None, 'PCA: bits per coefficient.')
-_BATCH = flags.DEFINE_integer('batch_size', 32, 'Tiles per jitted call.')
-_COUNT = flags.DEFINE_integer(
-    'count_images', None,
-    'Codes: training images whose code frequencies make the entropy model '
-    f'(default: the cached counts of the checkpoint, else {DEFAULT_COUNT_IMAGES}).')
+def define_flags() -> None:
+  """Defines the command's flags. Called by the entry point only, so that
+  importing this module defines none and the package's commands can be
+  imported side by side (tests, notebooks)."""
+  flags.DEFINE_string('workdir', None, 'Training run directory.')
+  flags.DEFINE_string(
+      'input', None, 'compress: a folder of images; decompress: of .pcav files.')
+  flags.DEFINE_string('output', None, 'Where to write the results.')
+  flags.DEFINE_integer(
+      'budget', None, 'PCA: bits per tile, water-filled over its coefficients.')
+  flags.DEFINE_integer('bits', None, 'PCA: bits per coefficient.')
+  flags.DEFINE_integer('batch_size', 32, 'Tiles per jitted call.')
+  flags.DEFINE_integer(
+      'count_images', None,
+      'Codes: training images whose code frequencies make the entropy model '
+      '(default: the cached counts of the checkpoint, else '
+      f'{DEFAULT_COUNT_IMAGES}).')
+
 
 COMMANDS = ('compress', 'decompress')
 
@@ -776,20 +782,21 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'Usage: python -m pcavae.codec {"|".join(COMMANDS)}'
                          ' --workdir=W --input=IN --output=OUT')
-  for flag in (_WORKDIR, _INPUT, _OUTPUT):
-    if flag.value is None:
-      sys.exit(f'error: --{flag.name} is required.')
+  for name in ('workdir', 'input', 'output'):
+    if flags.FLAGS[name].value is None:
+      sys.exit(f'error: --{name} is required.')
+  f = flags.FLAGS
   try:
     if argv[1] == 'compress':
-      compress_folder(_WORKDIR.value, _INPUT.value, _OUTPUT.value,
-                      budget=_BUDGET.value, bits=_BITS.value,
-                      batch_size=_BATCH.value, count_images=_COUNT.value)
+      compress_folder(f.workdir, f.input, f.output, budget=f.budget,
+                      bits=f.bits, batch_size=f.batch_size,
+                      count_images=f.count_images)
       return
-    if _BUDGET.value is not None or _BITS.value is not None:
+    if f.budget is not None or f.bits is not None:
       raise CodecError('decompress reads the rate from each file; it takes '
                        'no --budget/--bits.')
-    summary = decompress_folder(_WORKDIR.value, _INPUT.value, _OUTPUT.value,
-                                batch_size=_BATCH.value)
+    summary = decompress_folder(f.workdir, f.input, f.output,
+                                batch_size=f.batch_size)
   except (CodecError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   if summary['failed']:
@@ -799,9 +806,9 @@ def main(argv: Sequence[str]) -> None:
 
 def _run(command: Optional[str]) -> None:
   # WARNING, not INFO: the library logs of a restore would bury the per-image
-  # lines. (pcavae.main.quiet_library_logs cannot be used: importing
-  # pcavae.main defines its own --workdir.)
+  # lines.
   logging.set_verbosity(logging.WARNING)
+  define_flags()
   if command is None:
     app.run(main)
   else:

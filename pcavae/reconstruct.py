@@ -313,35 +313,37 @@ def _mean(rows: Sequence[dict], key: str) -> str:
   return f'{np.mean(values):.4g}' if values else 'n/a'
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training run directory.')
-_INPUT = flags.DEFINE_string('input', None,
-                             'Folder of images (walked recursively) or one '
-                             'image file.')
-_OUTPUT = flags.DEFINE_string('output', None,
-                              'Where to write PNGs and metrics.csv.')
-_BATCH = flags.DEFINE_integer('batch_size', 32, 'Tiles per jitted call.')
-_SIDE = flags.DEFINE_bool('side_by_side', False,
-                          'Write input | reconstruction pairs.')
-_FULL = flags.DEFINE_bool(
-    'full_size', True,
-    'Reconstruct each image at its own size by tiling (default); '
-    '--nofull_size center-crops and resizes to the run\'s resolution.')
-_LPIPS = flags.DEFINE_bool('lpips', True,
-                           'LPIPS-AlexNet per image in metrics.csv.')
-_PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bar on stderr.')
-flags.mark_flags_as_required(['workdir', 'input', 'output'])
+def define_flags() -> None:
+  """Defines the command's flags. Called by the entry point only, so that
+  importing this module defines none and the package's commands can be
+  imported side by side (tests, notebooks)."""
+  flags.DEFINE_string('workdir', None, 'Training run directory.')
+  flags.DEFINE_string('input', None, 'Folder of images (walked recursively) '
+                      'or one image file.')
+  flags.DEFINE_string('output', None, 'Where to write PNGs and metrics.csv.')
+  flags.DEFINE_integer('batch_size', 32, 'Tiles per jitted call.')
+  flags.DEFINE_bool('side_by_side', False,
+                    'Write input | reconstruction pairs.')
+  flags.DEFINE_bool(
+      'full_size', True,
+      'Reconstruct each image at its own size by tiling (default); '
+      '--nofull_size center-crops and resizes to the run\'s resolution.')
+  flags.DEFINE_bool('lpips', True, 'LPIPS-AlexNet per image in metrics.csv.')
+  flags.DEFINE_bool('progress', True, 'Progress bar on stderr.')
+  flags.mark_flags_as_required(['workdir', 'input', 'output'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if _BATCH.value < 1:
-    raise app.UsageError(f'--batch_size={_BATCH.value} must be positive.')
-  output = cli.make_workdir(_OUTPUT.value, flag='--output')
+  f = flags.FLAGS
+  if f.batch_size < 1:
+    raise app.UsageError(f'--batch_size={f.batch_size} must be positive.')
+  output = cli.make_workdir(f.output, flag='--output')
   try:
     result = reconstruct_folder(
-        _WORKDIR.value, _INPUT.value, output, _BATCH.value, _SIDE.value,
-        _FULL.value, _LPIPS.value, _PROGRESS.value)
+        f.workdir, f.input, output, f.batch_size, f.side_by_side,
+        f.full_size, f.lpips, f.progress)
   except FileNotFoundError as e:
     raise SystemExit(f'pcavae.reconstruct: {e}') from None
   n, m = len(result.written), len(result.skipped)
@@ -353,12 +355,13 @@ def main(argv):
         f'{result.metrics_path})', flush=True)
   if not n:
     raise SystemExit(f'pcavae.reconstruct: no image could be read under '
-                     f'--input={_INPUT.value} ({m} skipped, named above).')
+                     f'--input={f.input} ({m} skipped, named above).')
 
 
 def run():
   """Console script `pcavae-reconstruct`."""
   cli.setup_logging()
+  define_flags()
   app.run(main)
 
 

@@ -232,8 +232,12 @@ def make_train_step(model, tx, schedule, config) -> Callable:
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     grad_norm = _tree_norm(grads)
+    # The new parameters too: finite gradients can still make a non-finite
+    # update (an infinite learning rate), which would otherwise be applied
+    # and only show in the next step's loss, or be checkpointed in between.
+    param_norm = _tree_norm(params)
     checked = jnp.stack([
-        loss, rec, aux['loss'], grad_norm,
+        loss, rec, aux['loss'], grad_norm, param_norm,
         gan_measurements.get('gan/disc_loss', jnp.zeros(()))]).astype(
             jnp.float32)                              # NONFINITE_ORDER
     # The non-trainable collections first (in `nonfinite_names` order): they
@@ -263,7 +267,7 @@ def make_train_step(model, tx, schedule, config) -> Callable:
     measurements = {
         'loss': loss, 'reconstruction_loss': rec,
         'bottleneck_loss': aux['loss'], 'grad_norm': grad_norm,
-        'param_norm': _tree_norm(params), 'learning_rate': lr,
+        'param_norm': param_norm, 'learning_rate': lr,
     }
     for k, v in aux.items():
       if k != 'loss' and jnp.ndim(v) == 0:
@@ -280,7 +284,7 @@ _NON_COLLECTION_KEYS = ('params', 'opt_state', 'step', 'rng', 'num_nonfinite',
 # What the train step checks for NaN/Inf, in this order (disc_loss: the
 # VQGAN discriminator's hinge loss, 0 without it).
 NONFINITE_ORDER = ('loss', 'reconstruction_loss', 'bottleneck_loss',
-                   'grad_norm', 'disc_loss')
+                   'grad_norm', 'param_norm', 'disc_loss')
 
 
 def _leaf_name(path) -> str:

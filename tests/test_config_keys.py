@@ -90,8 +90,10 @@ def test_placeholder_keys_can_be_set_by_flag(spec, key, text, expected):
 def test_unset_placeholders_still_read_as_none():
   """Code that tests `is None` (tied Hebbian rate, no restarts) still sees
   None, and the bottleneck gets None as its constructor argument."""
+  # The `reference` rule leaves the rate tied and the orthonormalisation
+  # period at its default (the `sanger` default sets both).
   c = configlib.load(os.path.join(ROOT, 'configs', 'pcavae.py') +
-                     ':setting=shared')
+                     ':setting=shared,reference')
   b = c.model.bottleneck
   assert b.learning_rate is None and b.get('global_dim') is None
   assert b.max_update_norm is None and b.orthonormalize_every is None

@@ -11,7 +11,10 @@ from pcavae import train
 def test_diverging_pca_state_is_named_in_one_line(tmp_path):
   # A Hebbian rate of 1e4 with no clip overflows the PCA state at once; the
   # old message said "Non-finite loss ... Lower config.optimizer.learning_rate".
-  config = tiny_config(num_train_steps=6, log_every_steps=1)
+  # The raw (`reference`) Sanger step: the default one is scale-free and
+  # refuses rates above 1 (configlib).
+  config = tiny_config(arg='runlocal,reference', num_train_steps=6,
+                       log_every_steps=1)
   config.model.bottleneck.learning_rate = 1e4
   config.model.bottleneck.max_update_norm = None
   with pytest.raises(train.NonFiniteError) as info:

@@ -255,3 +255,20 @@ def test_subspace_iteration_converges_to_ordered_eigenvectors():
   np.testing.assert_allclose(c2, c, atol=1e-4)
   c3, _ = pca.subspace_iteration(cov, -jnp.asarray(c))
   np.testing.assert_allclose(c3, -c, atol=1e-4)
+
+
+@pytest.mark.parametrize('spread', [0.01, 0.5])
+def test_orthonormalize_fixed_iterations_matches_the_adaptive_loop(spread):
+  """The fixed Newton-Schulz count (used for a basis split over devices,
+  where the adaptive loop's stopping test deadlocked XLA:CPU) gives the
+  polar factor as the adaptive loop and the eigendecomposition do."""
+  rng = np.random.default_rng(3)
+  q, _ = np.linalg.qr(rng.normal(size=(5, 24, 8)))
+  c = jnp.asarray(q + spread * rng.normal(size=q.shape), jnp.float32)
+  fixed = pca.orthonormalize(c, fixed_iterations=True)
+  adaptive = pca.orthonormalize(c)
+  u, _, vt = np.linalg.svd(np.asarray(c, np.float64), full_matrices=False)
+  polar = u @ vt
+  np.testing.assert_allclose(fixed, polar, atol=2e-5)
+  np.testing.assert_allclose(fixed, adaptive, atol=2e-5)
+  assert float(pca.orthonormality_error(fixed)) < 1e-5

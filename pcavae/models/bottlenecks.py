@@ -14,6 +14,7 @@ its Hebbian step size when `learning_rate` is None (the reference ties the two);
 other bottlenecks ignore it.
 """
 
+import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 import flax.linen as nn
@@ -329,8 +330,11 @@ class PCABottleneck(nn.Module):
             lambda c: jnp.zeros((), bool), new_basis)
         forced.value = forced.value + drifted.astype(jnp.int32)
         scheduled = scheduled | drifted
-      new_basis = jax.lax.cond(scheduled, pca.orthonormalize, lambda c: c,
-                               new_basis)
+      # Split over devices: a fixed Newton-Schulz count (pca.orthonormalize).
+      ortho = functools.partial(
+          pca.orthonormalize,
+          fixed_iterations=self.sample_sharding is not None)
+      new_basis = jax.lax.cond(scheduled, ortho, lambda c: c, new_basis)
       basis.value, mean.value, fade_norm.value = new_basis, mu, s
       count.value = new_count
       raw_norm = jnp.sqrt(jnp.sum(jnp.square(raw_delta), axis=(-2, -1)))

@@ -177,7 +177,8 @@ def gha_update(basis: Array, xc: Array, lr: Array | float,
   return (basis + lr * delta).astype(basis.dtype)
 
 
-def orthonormalize(basis: Array, eps: float = 1e-8) -> Array:
+def orthonormalize(basis: Array, eps: float = 1e-8,
+                   fixed_iterations: bool = False) -> Array:
   """Symmetric (Löwdin) re-orthonormalisation `C (C^T C)^(-1/2)`.
 
   Of all orthonormal bases it is the closest to `C` in Frobenius norm, so it
@@ -196,6 +197,12 @@ def orthonormalize(basis: Array, eps: float = 1e-8) -> Array:
   Args:
     basis: `(..., D, Q)`.
     eps: clamp for the Gram eigenvalues.
+    fixed_iterations: run all `_NS_MAX_ITERS` iterations instead of stopping
+      once converged. For a basis split over devices: there the stopping test
+      of the data-dependent loop deadlocked XLA:CPU (two forced devices, the
+      `spatial16` basis split by location, `experiments/throughput.py`),
+      while a fixed count ran. More products, the same result to rounding
+      (an iteration past convergence leaves X orthonormal).
 
   Returns:
     `(..., D, Q)` with orthonormal columns.
@@ -227,7 +234,11 @@ def orthonormalize(basis: Array, eps: float = 1e-8) -> Array:
 
   init = (x, g, err_of(g), jnp.asarray(jnp.inf, jnp.float32),
           jnp.zeros((), jnp.int32))
-  x, _, err, _, _ = jax.lax.while_loop(cond, body, init)
+  if fixed_iterations:
+    x, _, err, _, _ = jax.lax.fori_loop(0, _NS_MAX_ITERS,
+                                        lambda _, carry: body(carry), init)
+  else:
+    x, _, err, _, _ = jax.lax.while_loop(cond, body, init)
   x = jax.lax.cond(err > _NS_ACCEPT,
                    lambda: _orthonormalize_eigh(c, eps), lambda: x)
   return x.astype(basis.dtype)

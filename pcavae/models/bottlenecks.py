@@ -330,10 +330,12 @@ class PCABottleneck(nn.Module):
             lambda c: jnp.zeros((), bool), new_basis)
         forced.value = forced.value + drifted.astype(jnp.int32)
         scheduled = scheduled | drifted
-      # Split over devices: a fixed Newton-Schulz count (pca.orthonormalize).
+      # On several devices (split or replicated basis): a fixed Newton-Schulz
+      # count (pca.orthonormalize).
       ortho = functools.partial(
           pca.orthonormalize,
-          fixed_iterations=self.sample_sharding is not None)
+          fixed_iterations=(self.sample_sharding is not None
+                            or jax.device_count() > 1))
       new_basis = jax.lax.cond(scheduled, ortho, lambda c: c, new_basis)
       basis.value, mean.value, fade_norm.value = new_basis, mu, s
       count.value = new_count

@@ -407,25 +407,32 @@ def _pca_rows(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return x[np.repeat(mask, per_image)]
 
 
+def _spectra_files(workdir: str, up_to_step: Optional[int] = None):
+  """Yields `(step, open npz)` for each `spectra/step_*.npz` of `workdir`
+  up to a step, in file-name order; each file is closed after its yield."""
+  directory = os.path.join(workdir, SPECTRA_DIR)
+  if not os.path.isdir(directory):
+    return
+  for name in sorted(os.listdir(directory)):
+    if not (name.startswith('step_') and name.endswith('.npz')):
+      continue
+    with np.load(os.path.join(directory, name)) as f:
+      step = int(f['step'])
+      if up_to_step is None or step <= up_to_step:
+        yield step, f
+
+
 def load_fidelity(workdir: str, up_to_step: Optional[int] = None
                   ) -> Dict[str, np.ndarray]:
   """The PCA fidelity values saved with the spectra: `{'step': (k,),
   name: (k,)}` over the evals up to a step, in step order (empty without a
   PCA)."""
-  directory = os.path.join(workdir, SPECTRA_DIR)
   rows = []
-  if os.path.isdir(directory):
-    for name in sorted(os.listdir(directory)):
-      if not (name.startswith('step_') and name.endswith('.npz')):
-        continue
-      with np.load(os.path.join(directory, name)) as f:
-        step = int(f['step'])
-        if up_to_step is not None and step > up_to_step:
-          continue
-        values = {k[len(FIDELITY_PREFIX):]: float(f[k]) for k in f.files
-                  if k.startswith(FIDELITY_PREFIX)}
-        if values:
-          rows.append((step, values))
+  for step, f in _spectra_files(workdir, up_to_step):
+    values = {k[len(FIDELITY_PREFIX):]: float(f[k]) for k in f.files
+              if k.startswith(FIDELITY_PREFIX)}
+    if values:
+      rows.append((step, values))
   if not rows:
     return {}
   out = {'step': np.array([s for s, _ in rows], np.int64)}
@@ -437,17 +444,7 @@ def load_fidelity(workdir: str, up_to_step: Optional[int] = None
 def load_spectra(workdir: str, up_to_step: Optional[int] = None) -> list:
   """The spectra saved in `workdir/spectra/`: `[(step, {name: array})]` in
   step order (for notebooks and experiments)."""
-  directory = os.path.join(workdir, SPECTRA_DIR)
-  if not os.path.isdir(directory):
-    return []
   out = []
-  for name in sorted(os.listdir(directory)):
-    if not (name.startswith('step_') and name.endswith('.npz')):
-      continue
-    with np.load(os.path.join(directory, name)) as f:
-      step = int(f['step'])
-      if up_to_step is not None and step > up_to_step:
-        continue
-      out.append((step, {k: f[k] for k in f.files
-                         if k in viz.SPECTRUM_TITLES}))
+  for step, f in _spectra_files(workdir, up_to_step):
+    out.append((step, {k: f[k] for k in f.files if k in viz.SPECTRUM_TITLES}))
   return out

@@ -20,19 +20,14 @@ the same script (16 px, channels 8/16, 2 steps, 16 eval images, no LPIPS;
 
 import json
 import os
-import sys
-import time
 
 from absl import app
 from absl import flags
 from absl import logging
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from pcavae import bits  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import configlib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pcavae import bits
+from pcavae import configlib
+from pcavae import harness
 
 FAMILIES = ('pcavae', 'ae', 'kl', 'vqvae', 'ema_vq', 'simvq', 'vqgan_fc',
             'fsq', 'lfq')
@@ -42,7 +37,7 @@ NAMES = {'pcavae': 'PCA-VAE (spatial, Q=16)', 'ae': 'AE (identity)',
          'vqgan_fc': 'VQGAN-FC (K=1024, d=8)', 'fsq': 'FSQ (8,5,5,5)',
          'lfq': 'LFQ (d=10)'}
 
-_ROOT = flags.DEFINE_string('root', os.path.join(ROOT, 'workdirs',
+_ROOT = flags.DEFINE_string('root', os.path.join(harness.WORKDIRS,
                                                  'baselines'),
                             'Parent of the per-family workdirs.')
 _STEPS = flags.DEFINE_integer('steps', 0, 'Train steps for every family; 0 '
@@ -53,41 +48,30 @@ _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: tiny models, 2 steps '
                            '(configlib.shrink_for_smoke_run).')
 
 
-def _fmt(value, spec):
-  return '-' if value is None else format(value, spec)
-
-
 def table(rows):
   """Markdown table of the result rows."""
-  lines = ['| bottleneck | PSNR (dB) | SSIM | LPIPS | codebook usage | '
-           'perplexity | latent bits / image | train min |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|']
-  for r in rows:
-    lines.append(
-        f"| {r['name']} | {_fmt(r['psnr'], '.2f')} | {_fmt(r['ssim'], '.3f')}"
-        f" | {_fmt(r['lpips'], '.3f')} | {_fmt(r['usage'], '.1%')} | "
-        f"{_fmt(r['perplexity'], '.0f')} | {r['bits']:,} | "
-        f"{_fmt(r['minutes'], '.1f')} |")
-  return '\n'.join(lines)
+  return '\n'.join(harness.markdown_table(
+      ['bottleneck', 'PSNR (dB)', 'SSIM', 'LPIPS', 'codebook usage',
+       'perplexity', 'latent bits / image', 'train min'],
+      [[r['name'], harness.fmt(r['psnr'], '.2f'),
+        harness.fmt(r['ssim'], '.3f'), harness.fmt(r['lpips'], '.3f'),
+        harness.fmt(r['usage'], '.1%'), harness.fmt(r['perplexity'], '.0f'),
+        f"{r['bits']:,}", harness.fmt(r['minutes'], '.1f')] for r in rows]))
 
 
 def main(argv):
   del argv
   rows = []
   for family in _FAMILIES.value:
-    config = configlib.load(os.path.join(ROOT, 'configs', f'{family}.py')
-                            + ':runlocal')
-    if _STEPS.value:
-      config.num_train_steps = _STEPS.value
-      config.eval_every_steps = _STEPS.value
-      config.checkpoint_every_steps = _STEPS.value
+    steps = _STEPS.value
+    config = harness.load_config(family, 'runlocal', {
+        'num_train_steps': steps, 'eval_every_steps': steps,
+        'checkpoint_every_steps': steps} if steps else {})
     config.tensorboard = False
     if _QUICK.value:
-      configlib.shrink_for_smoke_run(config, steps=_STEPS.value or 2)
-    workdir = os.path.join(_ROOT.value, family)
-    t0 = time.perf_counter()
-    final = train.train_and_evaluate(config, workdir)
-    minutes = (time.perf_counter() - t0) / 60
+      configlib.shrink_for_smoke_run(config, steps=steps or 2)
+    record = harness.train_once(config, os.path.join(_ROOT.value, family))
+    final, minutes = record['final'], record['train_minutes']
     row = {'family': family, 'name': NAMES.get(family, family),
            'steps': final['step'], 'psnr': final['eval/psnr'],
            'ssim': final['eval/ssim'], 'lpips': final.get('eval/lpips_alex'),

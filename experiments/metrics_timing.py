@@ -14,13 +14,11 @@ smoke run (2 images of 32x32, no 2048-d Frechet timing), not a measurement.
 import argparse
 import json
 import os
-import sys
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pcavae.metrics import extract_features, make_inception_features
 from pcavae.metrics import make_lpips
 

@@ -8,7 +8,7 @@ grace_hopper 512x600; or `--images=DIR`, any folder). Bits per pixel =
 8 x (sum of file bytes) / (sum of pixels); PSNR, SSIM (mean over images) and
 LPIPS-AlexNet (mean over images) of the decoded files against the originals.
 
-Models (trained here with `experiments/budget_sweep.py`'s cell configs on
+Models (trained here with the budget sweep's cell configs, `pcavae.sweep`, on
 `photo_patches` at 32 px, or reused from `--sweep_dir=<budget sweep out>`):
   quick    PCA-VAE spatial 8x8 (D = 32, Q = 16) at several budgets (bits per
            32x32 tile, water-filled), PCA-VAE global (Q = 64) at several
@@ -34,7 +34,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -43,14 +42,12 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
-
-from pcavae import codec as codec_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae.data import image_folder  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae.data import photo_patches  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pcavae import codec as codec_lib
+from pcavae import data
+from pcavae import harness
+from pcavae import sweep
+from pcavae.data import image_folder
+from pcavae.data import photo_patches
 
 JPEG_QUALITIES = (5, 10, 20, 30, 50, 70, 90)
 WEBP_QUALITIES = (0, 5, 10, 25, 50, 75, 90)
@@ -214,20 +211,15 @@ def estimate_gap(codec: codec_lib.Codec, num_images: int) -> Dict:
 def train_models(out: str, size: str, steps: int, sweep_dir: str = ''
                  ) -> Dict[str, str]:
   """Trains (or finds) each model's run; returns `{cell: workdir}`."""
-  import budget_sweep  # pylint: disable=g-import-not-at-top
   workdirs = {}
   for cell_name, _ in MODELS[size]:
-    if sweep_dir and os.path.isdir(os.path.join(sweep_dir, 'runs',
-                                                cell_name)):
-      workdirs[cell_name] = os.path.join(sweep_dir, 'runs', cell_name)
+    if sweep_dir and os.path.isdir(sweep.run_dir(sweep_dir, cell_name)):
+      workdirs[cell_name] = sweep.run_dir(sweep_dir, cell_name)
       continue
-    cell = (budget_sweep.pca_cells('quick', [cell_name.split('_')[1]],
-                                   [int(cell_name.rsplit('_q', 1)[1])])[0]
-            if cell_name.startswith('pca_')
-            else budget_sweep._parse_baseline(cell_name))  # pylint: disable=protected-access
-    config = budget_sweep.cell_config(cell, 'quick', steps=steps)
-    budget_sweep.train_cell(cell, config, out)
-    workdirs[cell_name] = os.path.join(out, 'runs', cell_name)
+    cell = sweep.cell_by_name(cell_name, 'quick')
+    config = sweep.cell_config(cell, 'quick', steps=steps)
+    sweep.train_cell(cell, config, out)
+    workdirs[cell_name] = sweep.run_dir(out, cell_name)
   return workdirs
 
 
@@ -286,41 +278,41 @@ def _group(row: Dict) -> str:
   return row['label'].split(' B=')[0]
 
 
-def _f(v, spec):
-  return '-' if v is None else format(v, spec)
-
-
 def report(rows: List[Dict], gaps: List[Dict], meta: Dict) -> str:
   """The markdown tables: rate-distortion points, estimate vs file, speed."""
   names = ', '.join(meta['images'])
-  lines = [f"Held-out photographs at their own size: {names}"
-           f" ({meta['pixels']:,} pixels).", '',
-           '| codec | setting | bpp (files) | PSNR (dB) | SSIM | LPIPS |',
-           '|---|---|---:|---:|---:|---:|']
+  points = []
   for r in sorted(rows, key=lambda r: (_group(r), r['bpp'])):
     setting = r['label'].replace(_group(r), '').strip() or '-'
-    lines.append(f"| {_group(r)} | {setting} | {r['bpp']:.3f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
-                 f"{_f(r.get('lpips'), '.3f')} |")
+    points.append([_group(r), setting, f"{r['bpp']:.3f}", f"{r['psnr']:.2f}",
+                   f"{r['ssim']:.3f}", harness.fmt(r.get('lpips'), '.3f')])
+  lines = [f"Held-out photographs at their own size: {names}"
+           f" ({meta['pixels']:,} pixels).", '']
+  lines += harness.markdown_table(
+      ['codec', 'setting', 'bpp (files)', 'PSNR (dB)', 'SSIM', 'LPIPS'],
+      points, align='llrrrr')
   lines += ['', 'Entropy estimate vs actual bits on the eval crops (one '
-            'tile each), bits per crop:', '',
-            '| model | nominal | `eval/entropy_bits_per_image` | payload '
-            '(one stream) | file (header + payload) | file / estimate |',
-            '|---|---:|---:|---:|---:|---:|']
+            'tile each), bits per crop:', '']
+  estimates = []
   for g in gaps:
     ratio = g['file_bits_per_image'] / max(g['entropy_bits_per_image'], 1e-9)
-    lines.append(
-        f"| {g['label']} | {g['nominal_bits_per_image']:.0f} | "
-        f"{g['entropy_bits_per_image']:.1f} | {g['payload_bits_per_image']:.1f}"
-        f" | {g['file_bits_per_image']:.1f} | {ratio:.2f} |")
-  lines += ['', 'Speed (measured on a machine shared with other jobs):', '',
-            '| model | compress images/s | tiles/s | decompress images/s | '
-            'tiles/s |', '|---|---:|---:|---:|---:|']
-  for r in rows:
-    if 'compress_images_per_s' in r:
-      lines.append(f"| {r['label']} | {r['compress_images_per_s']:.2f} | "
-                   f"{r['compress_tiles_per_s']:.0f} | "
-                   f"{r['decompress_images_per_s']:.2f} | "
-                   f"{r['decompress_tiles_per_s']:.0f} |")
+    estimates.append([g['label'], f"{g['nominal_bits_per_image']:.0f}",
+                      f"{g['entropy_bits_per_image']:.1f}",
+                      f"{g['payload_bits_per_image']:.1f}",
+                      f"{g['file_bits_per_image']:.1f}", f'{ratio:.2f}'])
+  lines += harness.markdown_table(
+      ['model', 'nominal', '`eval/entropy_bits_per_image`',
+       'payload (one stream)', 'file (header + payload)', 'file / estimate'],
+      estimates)
+  lines += ['', 'Speed (measured on a machine shared with other jobs):', '']
+  lines += harness.markdown_table(
+      ['model', 'compress images/s', 'tiles/s', 'decompress images/s',
+       'tiles/s'],
+      [[r['label'], f"{r['compress_images_per_s']:.2f}",
+        f"{r['compress_tiles_per_s']:.0f}",
+        f"{r['decompress_images_per_s']:.2f}",
+        f"{r['decompress_tiles_per_s']:.0f}"]
+       for r in rows if 'compress_images_per_s' in r])
   return '\n'.join(lines) + '\n'
 
 
@@ -394,7 +386,7 @@ def main(argv):
   del argv
   f = flags.FLAGS
   size = 'quick' if f.quick else 'default'
-  out = f.out or os.path.join(ROOT, 'workdirs', 'rate_distortion' + (
+  out = f.out or os.path.join(harness.WORKDIRS, 'rate_distortion' + (
       '_quick' if f.quick else ''))
   t0 = time.perf_counter()
   workdirs = train_models(out, size, f.steps or STEPS[size], f.sweep_dir)

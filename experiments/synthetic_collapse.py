@@ -32,7 +32,6 @@ Outputs in `--out` (default workdirs/synthetic_collapse): `results.md`,
 
 import json
 import os
-import sys
 import time
 from typing import Any, Dict
 
@@ -45,16 +44,14 @@ import ml_collections
 import numpy as np
 import optax
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from pcavae import analysis
+from pcavae import harness
+from pcavae import viz
+from pcavae import warmup
+from pcavae.models import autoencoder
+from pcavae.models import bottlenecks
 
-from pcavae import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import viz  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import warmup  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae.models import autoencoder  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae.models import bottlenecks  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-_OUT = flags.DEFINE_string('out', os.path.join(ROOT, 'workdirs',
+_OUT = flags.DEFINE_string('out', os.path.join(harness.WORKDIRS,
                                                'synthetic_collapse'),
                            'Output directory.')
 _DIM = flags.DEFINE_integer('dim', 64, 'Data dimension.')
@@ -247,19 +244,20 @@ def table(results, summary) -> str:
       f"data spectrum: **{summary['waterfilling_dim_data']}** dimensions; "
       f"Gaussian rate-distortion bound on the relative MSE: "
       f"{summary['rd_bound_rel_mse']:.4f}.",
-      '',
-      '| method | rel. MSE | z_e dim99 | z_q dim99 | codebook dim99 (all / '
-      'used) | used codes | water-filling dim (own z_e) | seconds |',
-      '|---|---:|---:|---:|---:|---:|---:|---:|']
+      '']
+  rows = []
   for method in METHODS:
     f = results[method]['final']
     cb = (f"{f['codebook_dim99']} / {f['used_codebook_dim99']}"
           if 'codebook_dim99' in f else '-')
     used = f"{f['used_codes']} of {summary['k']}" if 'used_codes' in f else '-'
-    lines.append(
-        f"| {LABELS[method]} | {f['rel_mse']:.4f} | {f['z_e_dim99']} | "
-        f"{f['z_q_dim99']} | {cb} | {used} | "
-        f"{f['waterfilling_dim_latent']} | {f['seconds']:.0f} |")
+    rows.append([LABELS[method], f"{f['rel_mse']:.4f}", str(f['z_e_dim99']),
+                 str(f['z_q_dim99']), cb, used,
+                 str(f['waterfilling_dim_latent']), f"{f['seconds']:.0f}"])
+  lines += harness.markdown_table(
+      ['method', 'rel. MSE', 'z_e dim99', 'z_q dim99',
+       'codebook dim99 (all / used)', 'used codes',
+       'water-filling dim (own z_e)', 'seconds'], rows)
   lines += [
       '',
       'z_q dim99 of a VQ run is the dimension of the codes weighted by use; '

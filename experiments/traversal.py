@@ -15,7 +15,8 @@ and decoded (`pcavae.traversal.latent_traversal`).
     --pca_cell=pca_global_q100 --vq_cell=vq_16x16_k1024
 
 A missing cell is trained first with the budget sweep's definition
-(experiments/budget_sweep.py), so this runs on its own too. Outputs in
+(`pcavae.sweep`, as experiments/budget_sweep.py trains it), so this runs on
+its own too. Outputs in
 `--out` (default `<sweep_dir>/traversal`): `traversal_pca.png`,
 `traversal_vq.png` and `traversal.json` (per component: sigma and the mean
 absolute pixel change from t = 0, and run times). Existing outputs are kept
@@ -24,44 +25,28 @@ unless `--overwrite`.
 
 import json
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import budget_sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import traversal  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import viz  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-def _cell(name: str, size: str) -> dict:
-  if name.startswith('pca_'):
-    for c in budget_sweep.pca_cells(size, budget_sweep.SIZES[size]['grids']
-                                    + ('16x16',), (20, 25, 40, 50, 60, 75,
-                                                   80, 100)):
-      if c['name'] == name:
-        return c
-    raise ValueError(f'Unknown PCA cell {name!r} (pca_<grid>_q<percent>).')
-  return budget_sweep._parse_baseline(name)  # pylint: disable=protected-access
+from pcavae import data
+from pcavae import harness
+from pcavae import sweep
+from pcavae import train
+from pcavae import traversal
+from pcavae import viz
 
 
 def ensure_trained(name: str, sweep_dir: str, size: str, steps: int = 0
                    ) -> str:
   """The workdir of a sweep cell, trained first if it is not there."""
-  workdir = os.path.join(sweep_dir, 'runs', name)
-  if not os.path.exists(os.path.join(workdir, 'sweep_done.json')):
-    cell = _cell(name, size)
-    config = budget_sweep.cell_config(cell, size, steps=steps)
-    budget_sweep.train_cell(cell, config, sweep_dir)
-  return workdir
+  if not sweep.is_trained(sweep_dir, name):
+    cell = sweep.cell_by_name(name, size)
+    config = sweep.cell_config(cell, size, steps=steps)
+    sweep.train_cell(cell, config, sweep_dir)
+  return sweep.run_dir(sweep_dir, name)
 
 
 def eval_images(config, num: int, reference: int):
@@ -152,7 +137,7 @@ def main(argv):
   f = flags.FLAGS
   size = 'quick' if f.quick else 'full'
   sweep_dir = f.sweep_dir or os.path.join(
-      ROOT, 'workdirs', 'budget_sweep_quick' if f.quick else 'budget_sweep')
+      harness.WORKDIRS, 'budget_sweep_quick' if f.quick else 'budget_sweep')
   out = f.out or os.path.join(sweep_dir, 'traversal')
   t0 = time.perf_counter()
   result = run(out, sweep_dir, size, f.pca_cell, f.vq_cell,

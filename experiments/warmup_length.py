@@ -37,7 +37,6 @@ retrains).
 import argparse
 import json
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -47,33 +46,27 @@ import ml_collections
 import numpy as np
 import optax
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
-
-from pcavae import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import configlib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import viz  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import warmup  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
-import synthetic_collapse  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pcavae import analysis
+from pcavae import harness
+from pcavae import viz
+from pcavae import warmup
+from pcavae import writers
+import synthetic_collapse  # beside this script
 
 SETTINGS = ('synthetic', 'photo_patches')
 KINDS = ('vq', 'ema_vq', 'fsq')
 LABELS = {'vq': 'VQ', 'ema_vq': 'EMA-VQ', 'fsq': 'FSQ'}
 COLORS = {'vq': 'tab:red', 'ema_vq': 'tab:blue', 'fsq': 'tab:green'}
-CONFIG_FILES = {'vq': 'vqvae.py', 'ema_vq': 'ema_vq.py', 'fsq': 'fsq.py'}
+CONFIG_FAMILIES = {'vq': 'vqvae', 'ema_vq': 'ema_vq', 'fsq': 'fsq'}
 FSQ_LEVELS = (8, 5, 5, 5)      # 1000 codes, ~ the K = 1024 of VQ
 AUTO = 'auto'
-
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   """The command line (argparse, not absl flags: this script imports
   experiments/synthetic_collapse.py, whose absl flags would clash)."""
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--out', default=os.path.join(ROOT, 'workdirs',
+  p.add_argument('--out', default=os.path.join(harness.WORKDIRS,
                                                'warmup_length'),
                  help='Output directory.')
   p.add_argument('--settings', default=','.join(SETTINGS),
@@ -245,9 +238,8 @@ def synthetic_run(kind: str, warmup_steps: int, auto: Optional[Dict[str, Any]],
 def photo_config(kind: str, steps: int, warmup_steps: int,
                  auto: Optional[Dict[str, Any]], seed: int, full: bool,
                  quick: bool) -> ml_collections.ConfigDict:
-  spec = (os.path.join(ROOT, 'configs', CONFIG_FILES[kind])
-          + f':runlocal,warmup={warmup_steps}')
-  c = configlib.load(spec)
+  c = harness.load_config(CONFIG_FAMILIES[kind],
+                          f'runlocal,warmup={warmup_steps}')
   c.seed = seed
   c.num_train_steps = steps
   c.eval_every_steps = steps          # one eval, at the end
@@ -287,8 +279,8 @@ def photo_run(kind: str, warmup_steps: int, auto: Optional[Dict[str, Any]],
               steps: int, seed: int, workdir: str, full: bool, quick: bool,
               log: Callable[[str], None]) -> Dict[str, Any]:
   config = photo_config(kind, steps, warmup_steps, auto, seed, full, quick)
-  t0 = time.perf_counter()
-  final = train.train_and_evaluate(config, workdir)
+  record = harness.train_once(config, workdir)
+  final = record['final']
   records = writers.read_metrics(workdir)
   checks = [{'step': int(r['warmup/auto_check_step']),
              'dim': int(r['warmup/auto_dim']),
@@ -312,7 +304,7 @@ def photo_run(kind: str, warmup_steps: int, auto: Optional[Dict[str, Any]],
          'codebook_dim99': final.get('spectra/codebook/dim99'),
          'used_codebook_dim99': final.get('spectra/codebook_used/dim99'),
          'usage': final.get('eval/codebook_usage'), 'checks': checks,
-         'seconds': time.perf_counter() - t0, **info}
+         'seconds': record['train_minutes'] * 60, **info}
   log(f'  photo_patches {kind} warm-up {warmup_steps}'
       f'{" (auto cap)" if auto else ""}: PSNR {out["psnr"]:.2f}, z_q dim99 '
       f'{out["z_q_dim99"]}, usage {out["usage"]}'
@@ -325,10 +317,6 @@ def photo_run(kind: str, warmup_steps: int, auto: Optional[Dict[str, Any]],
 # ---------------------------------------------------------------------------
 
 
-def _fmt(v, spec):
-  return '-' if v is None else format(v, spec)
-
-
 def best_fixed(runs: Dict[str, Dict[str, Any]]) -> Optional[str]:
   fixed = [n for n in runs if n != AUTO]
   return min(fixed, key=lambda n: runs[n]['loss']) if fixed else None
@@ -337,11 +325,7 @@ def best_fixed(runs: Dict[str, Dict[str, Any]]) -> Optional[str]:
 def table(setting: str, results: Dict[str, Dict[str, Dict[str, Any]]],
           meta: Dict[str, Any]) -> str:
   photo = setting == 'photo_patches'
-  loss_head = 'PSNR | LPIPS' if photo else 'rel. MSE'
-  lines = [f'**{setting}**: {meta["description"]}', '',
-           f'| quantizer | warm-up | {loss_head} | z_q dim99 | codebook dim99 '
-           '(all / used) | codebook usage |',
-           '|---|---:|' + ('---:|' * (2 if photo else 1)) + '---:|---:|---:|']
+  rows = []
   summary = []
   for kind, runs in results.items():
     best = best_fixed(runs)
@@ -355,14 +339,14 @@ def table(setting: str, results: Dict[str, Dict[str, Dict[str, Any]]],
         length = f"{int(round(float(name.split('_')[1]) * meta['steps']))}"
         if name == best:
           length = f'**{length}** (best)'
-      loss = (f"{r['psnr']:.2f} | {_fmt(r.get('lpips'), '.4f')}" if photo
-              else f"{r['loss']:.4f}")
-      cb = (f"{_fmt(r.get('codebook_dim99'), '.0f')} / "
-            f"{_fmt(r.get('used_codebook_dim99'), '.0f')}"
+      loss = ([f"{r['psnr']:.2f}", harness.fmt(r.get('lpips'), '.4f')]
+              if photo else [f"{r['loss']:.4f}"])
+      cb = (f"{harness.fmt(r.get('codebook_dim99'), '.0f')} / "
+            f"{harness.fmt(r.get('used_codebook_dim99'), '.0f')}"
             if r.get('codebook_dim99') is not None else '-')
-      lines.append(f"| {LABELS[kind]} | {length} | {loss} | "
-                   f"{_fmt(r.get('z_q_dim99'), '.0f')} | {cb} | "
-                   f"{_fmt(r.get('usage'), '.3f')} |")
+      rows.append([LABELS[kind], length] + loss + [
+          harness.fmt(r.get('z_q_dim99'), '.0f'), cb,
+          harness.fmt(r.get('usage'), '.3f')])
     if AUTO in runs and best:
       a, b = runs[AUTO], runs[best]
       if photo:
@@ -373,10 +357,16 @@ def table(setting: str, results: Dict[str, Dict[str, Dict[str, Any]]],
           f"- {LABELS[kind]}: adaptive switch at step {a.get('switch_step')} "
           f"({warmup.REASON_NAMES.get(a.get('switch_reason'), '?')}; "
           f"{a.get('switch_dim', '-')} water-filled directions, share "
-          f"{_fmt(a.get('switch_share'), '.3f')}, spread "
-          f"{_fmt(a.get('switch_spread'), '.3f')}); best fixed length "
+          f"{harness.fmt(a.get('switch_share'), '.3f')}, spread "
+          f"{harness.fmt(a.get('switch_spread'), '.3f')}); best fixed length "
           f"{int(round(float(best.split('_')[1]) * meta['steps']))} steps; "
           f"adaptive vs best: {margin}.")
+  lines = [f'**{setting}**: {meta["description"]}', ''] + (
+      harness.markdown_table(
+          ['quantizer', 'warm-up'] + (['PSNR', 'LPIPS'] if photo
+                                      else ['rel. MSE'])
+          + ['z_q dim99', 'codebook dim99 (all / used)', 'codebook usage'],
+          rows))
   return '\n'.join(lines + [''] + summary) + '\n'
 
 

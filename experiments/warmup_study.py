@@ -31,24 +31,20 @@ with the warm-up switch at 2 and evals at 2 and 4;
 
 import json
 import os
-import sys
-import time
 
 from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from pcavae import analysis  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import bits  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import configlib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import evaluators  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import viz  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pcavae import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pcavae import analysis
+from pcavae import bits
+from pcavae import configlib
+from pcavae import evaluators
+from pcavae import harness
+from pcavae import train
+from pcavae import viz
+from pcavae import writers
 
 RUNS = ('vq_scratch', 'vq_warmup', 'pcavae')
 LABELS = {'vq_scratch': 'VQ from scratch', 'vq_warmup': 'VQ + AE warm-up',
@@ -56,7 +52,7 @@ LABELS = {'vq_scratch': 'VQ from scratch', 'vq_warmup': 'VQ + AE warm-up',
 COLORS = {'vq_scratch': 'tab:red', 'vq_warmup': 'tab:blue',
           'pcavae': 'tab:green'}
 
-_ROOT = flags.DEFINE_string('root', os.path.join(ROOT, 'workdirs',
+_ROOT = flags.DEFINE_string('root', os.path.join(harness.WORKDIRS,
                                                  'warmup_study'),
                             'Parent of the per-run workdirs.')
 _STEPS = flags.DEFINE_integer('steps', 0, 'Train steps for every run; 0 keeps '
@@ -73,17 +69,21 @@ _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: tiny models, 4 steps, '
                            '(configlib.shrink_for_smoke_run).')
 
 
-def config_spec(run: str, warmup_steps: int) -> str:
+def config_family_arg(run: str, warmup_steps: int):
+  """`(config family, its argument)` of a run."""
   if run == 'vq_scratch':
-    return os.path.join(ROOT, 'configs', 'vqvae.py') + ':runlocal'
+    return 'vqvae', 'runlocal'
   if run == 'vq_warmup':
-    return (os.path.join(ROOT, 'configs', 'vqvae.py') +
-            f':runlocal,warmup={warmup_steps}')
-  return os.path.join(ROOT, 'configs', 'pcavae.py') + ':runlocal'
+    return 'vqvae', f'runlocal,warmup={warmup_steps}'
+  return 'pcavae', 'runlocal'
+
+
+def config_spec(run: str, warmup_steps: int) -> str:
+  return harness.config_spec(*config_family_arg(run, warmup_steps))
 
 
 def make_config(run: str):
-  config = configlib.load(config_spec(run, _WARMUP.value))
+  config = harness.load_config(*config_family_arg(run, _WARMUP.value))
   if _QUICK.value:
     configlib.shrink_for_smoke_run(config, steps=_STEPS.value)
   if _STEPS.value:
@@ -114,15 +114,21 @@ def collect(run: str, workdir: str):
 
 
 def _get(record, key, spec='.0f'):
-  v = record.get(key)
-  return '-' if v is None else format(v, spec)
+  return harness.fmt(record.get(key), spec)
+
+
+def _dims(r) -> str:
+  """`z_q dim99 (z_e dim99)[ / used codebook dim99]` of one eval."""
+  if r is None or 'spectra/z_q/dim99' not in r:
+    return '-'
+  cell = f"{r['spectra/z_q/dim99']:.0f} ({r['spectra/z_e/dim99']:.0f})"
+  if 'spectra/codebook_used/dim99' in r:
+    cell += f" / {r['spectra/codebook_used/dim99']:.0f}"
+  return cell
 
 
 def report(results, root):
-  lines = ['| run | PSNR | SSIM | LPIPS | z_e dim99 | z_q dim99 | codebook '
-           'dim99 (all / used) | z_q erank | codebook usage | water-filling '
-           'dim (z_e, log2 K bits) | train min |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+  final = []
   for run, res in results.items():
     if not res['history']:
       continue
@@ -130,35 +136,27 @@ def report(results, root):
     cb = (f"{_get(f, 'spectra/codebook/dim99')} / "
           f"{_get(f, 'spectra/codebook_used/dim99')}"
           if 'spectra/codebook/dim99' in f else '-')
-    lines.append(
-        f"| {LABELS[run]} | {_get(f, 'eval/psnr', '.2f')} | "
-        f"{_get(f, 'eval/ssim', '.3f')} | "
-        f"{_get(f, 'eval/lpips_alex', '.4f')} | "
-        f"{_get(f, 'spectra/z_e/dim99')} | {_get(f, 'spectra/z_q/dim99')} | "
-        f"{cb} | {_get(f, 'spectra/z_q/erank', '.1f')} | "
-        f"{_get(f, 'eval/codebook_usage', '.3f')} | "
-        f"{res.get('waterfilling_dim_z_e', '-')} | "
-        f"{res.get('minutes', float('nan')):.1f} |")
+    final.append([
+        LABELS[run], _get(f, 'eval/psnr', '.2f'), _get(f, 'eval/ssim', '.3f'),
+        _get(f, 'eval/lpips_alex', '.4f'), _get(f, 'spectra/z_e/dim99'),
+        _get(f, 'spectra/z_q/dim99'), cb, _get(f, 'spectra/z_q/erank', '.1f'),
+        _get(f, 'eval/codebook_usage', '.3f'),
+        str(res.get('waterfilling_dim_z_e', '-')),
+        f"{res.get('minutes', float('nan')):.1f}"])
+  lines = harness.markdown_table(
+      ['run', 'PSNR', 'SSIM', 'LPIPS', 'z_e dim99', 'z_q dim99',
+       'codebook dim99 (all / used)', 'z_q erank', 'codebook usage',
+       'water-filling dim (z_e, log2 K bits)', 'train min'], final)
   steps = sorted({r['step'] for res in results.values()
                   for r in res['history']})
+  by_step = {run: {r['step']: r for r in res['history']}
+             for run, res in results.items()}
   lines += ['', '99%-variance dimension of z_q (z_e in brackets; for VQ, '
-            'used codebook after the slash) at each eval step:', '',
-            '| run | ' + ' | '.join(str(s) for s in steps) + ' |',
-            '|---|' + '---:|' * len(steps)]
-  for run, res in results.items():
-    by_step = {r['step']: r for r in res['history']}
-    cells = []
-    for s in steps:
-      r = by_step.get(s)
-      if r is None or 'spectra/z_q/dim99' not in r:
-        cells.append('-')
-        continue
-      cell = (f"{r['spectra/z_q/dim99']:.0f} "
-              f"({r['spectra/z_e/dim99']:.0f})")
-      if 'spectra/codebook_used/dim99' in r:
-        cell += f" / {r['spectra/codebook_used/dim99']:.0f}"
-      cells.append(cell)
-    lines.append(f'| {LABELS[run]} | ' + ' | '.join(cells) + ' |')
+            'used codebook after the slash) at each eval step:', '']
+  lines += harness.markdown_table(
+      ['run'] + [str(s) for s in steps],
+      [[LABELS[run]] + [_dims(by_step[run].get(s)) for s in steps]
+       for run in results])
   md = '\n'.join(lines) + '\n'
   with open(os.path.join(root, 'results.md'), 'w') as f:
     f.write(md)
@@ -226,9 +224,7 @@ def main(argv):
       config = make_config(run)
       logging.info('Training %s (%s) in %s.', run, config_spec(
           run, _WARMUP.value), workdir)
-      t0 = time.perf_counter()
-      train.train_and_evaluate(config, workdir)
-      minutes = (time.perf_counter() - t0) / 60
+      minutes = harness.train_once(config, workdir)['train_minutes']
       with open(os.path.join(workdir, 'study_minutes.txt'), 'a') as f:
         f.write(f'{minutes:.3f}\n')
     if os.path.exists(os.path.join(workdir, writers.METRICS_FILE)):

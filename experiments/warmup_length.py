@@ -47,6 +47,7 @@ import numpy as np
 import optax
 
 from pcavae import analysis
+from pcavae import configlib
 from pcavae import harness
 from pcavae import viz
 from pcavae import warmup
@@ -253,16 +254,9 @@ def photo_config(kind: str, steps: int, warmup_steps: int,
     c.model.channels = (16, 32)
     c.model.latent_dim = 32
   if quick:
-    c.resolution = 16
-    c.batch_size = 8
-    c.model.channels = (8, 16)
+    configlib.shrink_for_smoke_run(c, steps)
+    c.log_every_steps = max(1, steps // 20)
     c.model.latent_dim = 8
-    c.model.num_res_layers = 1
-    c.eval.num_examples = 16
-    c.eval.batch_size = 8
-    c.eval.grid_size = 4
-    c.eval.spectra_num_images = 16
-    c.eval.lpips = False
     c.model.bottleneck.warmup_kmeans_batches = 2
     c.model.bottleneck.warmup_kmeans_iters = 5
     if kind != 'fsq':

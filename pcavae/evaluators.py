@@ -37,7 +37,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -51,15 +50,9 @@ from pcavae import sharding
 from pcavae import viz
 from pcavae.metrics import codebook as codebook_metrics
 from pcavae.models import pca as pca_lib
+from pcavae.sharding import gather  # pylint: disable=g-importing-member
 
 State = Dict[str, Any]
-
-
-def gather(x: jax.Array) -> np.ndarray:
-  """A global array on the host of every process."""
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _lpips_input(x: jax.Array) -> jax.Array:

@@ -47,6 +47,7 @@ from pcavae import bits
 from pcavae import data
 from pcavae import metrics
 from pcavae import sharding
+from pcavae import train_state
 from pcavae import viz
 from pcavae.metrics import codebook as codebook_metrics
 from pcavae.models import pca as pca_lib
@@ -317,7 +318,7 @@ class Spectra:
       spectra['codebook_used'] = (
           analysis.singular_values(codebook[used]) if used.size > 1
           else np.zeros((1,)))
-    pca_state = state.get('pca')
+    pca_state = train_state.collections_of(state).get('pca')
     if pca_state is not None:
       leaves = {}
       for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:

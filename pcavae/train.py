@@ -461,7 +461,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   abstract_with_sharding = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract_state, state_sharding)
-  state, start_step = ckpt.restore_latest(abstract_with_sharding)
+  state, start_step = restore_latest(ckpt, abstract_with_sharding)
   if state is None:
     state = initialize(init_fn, rng, state_sharding)
     logging.info('Initialised a new run in %s.', workdir)
@@ -603,6 +603,25 @@ def collections_stats(state: State) -> Dict[str, float]:
   return out
 
 
+def restore_latest(ckpt: checkpointing.Checkpointer, abstract_state: State
+                   ) -> Tuple[Optional[State], int]:
+  """`ckpt.restore_latest`, also reading checkpoints written before the
+  model collections had their own key in the train state
+  (`train_state.to_legacy_layout`)."""
+  try:
+    return ckpt.restore_latest(abstract_state)
+  except RuntimeError as error:
+    names = tuple(train_state.collections_of(abstract_state))
+    try:
+      state, step = ckpt.restore_latest(
+          train_state.to_legacy_layout(abstract_state))
+    except RuntimeError:
+      raise error from None
+    logging.info('Read the checkpoint of step %d in the earlier state '
+                 'layout.', step)
+    return train_state.from_legacy_layout(state, names), step
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in `workdir/config.json`."""
   path = os.path.join(workdir, CONFIG_FILE)
@@ -629,7 +648,7 @@ def restore_model(workdir: str):
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
       jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'))
-  state, step = ckpt.restore_latest(abstract_state)
+  state, step = restore_latest(ckpt, abstract_state)
   ckpt.close()
   if state is None:
     raise FileNotFoundError(

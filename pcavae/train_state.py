@@ -35,3 +35,18 @@ def with_variables(state: State, variables: Dict[str, Any]) -> State:
   variables = dict(variables)
   params = variables.pop('params')
   return dict(state, params=params, **{COLLECTIONS: variables})
+
+
+def to_legacy_layout(state: State) -> State:
+  """The layout before the collections had their own key (each collection
+  at the top level): what checkpoints written then hold."""
+  out = {k: v for k, v in state.items() if k != COLLECTIONS}
+  out.update(state[COLLECTIONS])
+  return out
+
+
+def from_legacy_layout(state: State, names) -> State:
+  """Inverse of `to_legacy_layout`; `names` are the collections."""
+  out = {k: v for k, v in state.items() if k not in names}
+  out[COLLECTIONS] = {k: state[k] for k in names}
+  return out

@@ -70,6 +70,21 @@ def nearest_code(z: Array, codebook: Array) -> Array:
 
 
 
+def vq_lookup(z: Array, codebook: Array, beta: float, legacy_beta: bool
+              ) -> Tuple[Array, Aux]:
+  """The lookup of a gradient-trained codebook: each vector of `z` is
+  replaced by its nearest code `e` (straight-through), with the `vq` loss
+  (`losses.vq_loss`) and batch statistics. Returns `(z + sg(e - z), aux)`."""
+  flat, lead = flatten(z)
+  codes = nearest_code(jax.lax.stop_gradient(flat), codebook)
+  e = jnp.take(codebook, codes, axis=0).reshape(z.shape)
+  loss, cb, commit = losses.vq_loss(z, e, beta, legacy_beta)
+  aux = {'loss': loss, 'codebook_loss': cb, 'commitment_loss': commit,
+         'codes': codes.reshape(lead), 'codebook': codebook,
+         **batch_code_stats(codes, codebook.shape[0])}
+  return straight_through(z, e), aux
+
+
 def _sym_power(cov: Array, power: float, eps: float = 1e-10) -> Array:
   lam, u = jnp.linalg.eigh(0.5 * (cov + cov.T))
   return (u * jnp.maximum(lam, eps) ** power) @ u.T
@@ -159,14 +174,8 @@ class VQBottleneck(CodebookBottleneck):
     z = h.astype(jnp.float32)
     codebook = self.param('codebook', _variance_scaling_uniform,
                           (self.codebook_size, z.shape[-1]))
-    flat, lead = flatten(z)
-    codes = nearest_code(jax.lax.stop_gradient(flat), codebook)
-    e = jnp.take(codebook, codes, axis=0).reshape(z.shape)
-    loss, cb, commit = losses.vq_loss(z, e, self.beta, self.legacy_beta)
-    aux = {'loss': loss, 'codebook_loss': cb, 'commitment_loss': commit,
-           'codes': codes.reshape(lead), 'codebook': codebook,
-           **batch_code_stats(codes, self.codebook_size)}
-    return straight_through(z, e).astype(in_dtype), aux
+    z_q, aux = vq_lookup(z, codebook, self.beta, self.legacy_beta)
+    return z_q.astype(in_dtype), aux
 
   def codebook_shape(self) -> Tuple[int, ...]:
     return self.get_variable('params', 'codebook').shape
@@ -347,14 +356,8 @@ class SimVQBottleneck(CodebookBottleneck):
     codebook = nn.Dense(d, name='codebook_map', dtype=jnp.float32,
                         precision=jax.lax.Precision.HIGHEST)(
                             jax.lax.stop_gradient(frozen.value))
-    flat, lead = flatten(z)
-    codes = nearest_code(jax.lax.stop_gradient(flat), codebook)
-    e = jnp.take(codebook, codes, axis=0).reshape(z.shape)
-    loss, cb, commit = losses.vq_loss(z, e, self.beta, self.legacy_beta)
-    aux = {'loss': loss, 'codebook_loss': cb, 'commitment_loss': commit,
-           'codes': codes.reshape(lead), 'codebook': codebook,
-           **batch_code_stats(codes, k)}
-    return straight_through(z, e).astype(in_dtype), aux
+    z_q, aux = vq_lookup(z, codebook, self.beta, self.legacy_beta)
+    return z_q.astype(in_dtype), aux
 
   def codebook_shape(self) -> Tuple[int, ...]:
     return self.get_variable('simvq', 'frozen_codebook').shape
@@ -404,15 +407,8 @@ class FactorizedVQBottleneck(CodebookBottleneck):
     codebook = l2_normalize(self.param(
         'codebook', nn.initializers.normal(1.0),
         (self.codebook_size, self.lookup_dim), jnp.float32))
-    flat, lead = flatten(z)
-    codes = nearest_code(jax.lax.stop_gradient(flat), codebook)
-    e = jnp.take(codebook, codes, axis=0).reshape(z.shape)
-    loss, cb, commit = losses.vq_loss(z, e, self.beta, self.legacy_beta)
-    z_q = nn.Dense(d, name='proj_out', dtype=jnp.float32)(
-        straight_through(z, e))
-    aux = {'loss': loss, 'codebook_loss': cb, 'commitment_loss': commit,
-           'codes': codes.reshape(lead), 'codebook': codebook,
-           **batch_code_stats(codes, self.codebook_size)}
+    z_q, aux = vq_lookup(z, codebook, self.beta, self.legacy_beta)
+    z_q = nn.Dense(d, name='proj_out', dtype=jnp.float32)(z_q)
     return z_q.astype(in_dtype), aux
 
 

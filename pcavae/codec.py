@@ -495,7 +495,7 @@ class Codec:
                      ) -> Tuple[Header, np.ndarray]:
     """`.pcav` bytes -> `(header, symbols of every tile)`, the eval path's
     `symbols` (PCA) or `codes` of the tiles, row-major."""
-      from pcavae import tiling  # pylint: disable=g-import-not-at-top
+    from pcavae import tiling  # pylint: disable=g-import-not-at-top
     header, words = unpack_file(data, path, self.fingerprint)
     if header.tile_size != self.tile_size:
       raise CodecError(f'{path}: tile size {header.tile_size}, the model '

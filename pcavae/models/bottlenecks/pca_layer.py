@@ -1,7 +1,7 @@
 """The online PCA layer (PCA-VAE, arXiv 2602.18904; DESIGN.md §3)."""
 
 import functools
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax

@@ -18,7 +18,6 @@ from pcavae.models.bottlenecks.base import Array
 from pcavae.models.bottlenecks.base import Aux
 from pcavae.models.bottlenecks.base import batch_code_stats
 from pcavae.models.bottlenecks.base import Bottleneck
-from pcavae.models.bottlenecks.base import check_optional
 from pcavae.models.bottlenecks.base import dense
 from pcavae.models.bottlenecks.base import flatten
 from pcavae.models.bottlenecks.base import KEY

@@ -19,7 +19,7 @@ centres' mean and covariance (`match_moments`).
 """
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax

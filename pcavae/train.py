@@ -173,12 +173,13 @@ def bottleneck_loss_scale(config: ml_collections.ConfigDict,
 
   The reconstruction loss is a per-element mean and every bottleneck's loss
   is in the same units as its authors', against a per-element mean too
-  (taming, vector-quantize-pytorch, FSQ, LFQ), except the KL: latent
-  diffusion weighs its per-image KL against a reconstruction loss summed
-  over each image's pixels, so it is divided by `H * W * C`
-  (`config.loss.kl_normalization`, `losses.kl_loss_scale`).
+  (taming, vector-quantize-pytorch, FSQ, LFQ), except a bottleneck whose
+  loss is per image (`per_image_loss`: the KL). Latent diffusion weighs its
+  per-image KL against a reconstruction loss summed over each image's
+  pixels, so it is divided by `H * W * C` (`config.loss.kl_normalization`,
+  `losses.kl_loss_scale`).
   """
-  if config.model.bottleneck.kind != 'kl':
+  if not configlib.make_bottleneck(config).per_image_loss:
     return 1.0
   return losses.kl_loss_scale(image_shape,
                               config.loss.get('kl_normalization', 'ldm'))

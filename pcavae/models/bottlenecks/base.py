@@ -18,6 +18,7 @@ new bottleneck is one module, one `register` and one config:
   latent_bits(shape)       bits per image of its latent (`pcavae.bits`)
   num_codes                K of a discrete latent, else None
   warmup_applies           whether the AE warm-up applies (`pcavae.warmup`)
+  per_image_loss           whether its loss is per image (the trainer scales)
   check_warmup(setting)    warm-up settings it cannot take
   warmup_init(...)         its initialisation from encoder latents at the
                            warm-up switch, run through `apply(method=...)`
@@ -80,6 +81,10 @@ class Bottleneck(nn.Module):
   # The `aux` entry of the eval output that the codec entropy-codes, None
   # for a continuous latent with no finite code.
   symbol_key: ClassVar[Optional[str]] = None
+  # Whether `aux['loss']` is per image (summed over the latent, as latent
+  # diffusion's KL) rather than in the units of a per-element mean: the
+  # trainer then scales it (`train.bottleneck_loss_scale`).
+  per_image_loss: ClassVar[bool] = False
 
   def __call__(self, h: Array, train: bool, lr: Optional[Array] = None
                ) -> Tuple[Array, Aux]:

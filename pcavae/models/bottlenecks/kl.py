@@ -41,6 +41,7 @@ class KLBottleneck(Bottleneck):
   kl_weight: float = 1e-6
 
   warmup_applies = False
+  per_image_loss = True
 
   def validate(self, latent_shape: LatentShape) -> None:
     del latent_shape

@@ -162,10 +162,11 @@ def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
 
 
 def dense(params: Dict[str, Array], x: Array, precision=None) -> Array:
-  """Applies a restored `nn.Dense` layer's `kernel`, `bias` as flax does."""
+  """Applies a restored `nn.Dense` layer's `kernel`, `bias` as flax does
+  (from inside another module's method too: `parent=None` keeps it unbound)."""
   features = params['kernel'].shape[-1]
-  return nn.Dense(features, dtype=jnp.float32, precision=precision).apply(
-      {'params': params}, x)
+  return nn.Dense(features, dtype=jnp.float32, precision=precision,
+                  parent=None).apply({'params': params}, x)
 
 
 def kmeans_codebook(x: Array, k: int, key: Array, iters: int

@@ -11,7 +11,9 @@ an error that names it.
 
 import ml_collections
 
+from pcavae import configlib
 from pcavae import data
+from pcavae.models import bottlenecks
 
 
 def parse_arg(arg, lazy=False, **defaults) -> ml_collections.ConfigDict:
@@ -130,9 +132,13 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 def warmup(c: ml_collections.ConfigDict, steps: int = 0,
-           kmeans_batches: int = 10, kmeans_iters: int = 20,
-           auto: bool = False, auto_every: int = 50, auto_patience: int = 3,
-           auto_tolerance: float = 0.05) -> ml_collections.ConfigDict:
+           kmeans_batches: int = configlib.DEFAULT_KMEANS_BATCHES,
+           kmeans_iters: int = configlib.DEFAULT_KMEANS_ITERS,
+           auto: bool = False,
+           auto_every: int = configlib.DEFAULT_AUTO_EVERY,
+           auto_patience: int = configlib.DEFAULT_AUTO_PATIENCE,
+           auto_tolerance: float = configlib.DEFAULT_AUTO_TOLERANCE
+           ) -> ml_collections.ConfigDict:
   """Sets the AE warm-up keys of `c.model.bottleneck` (pcavae/warmup.py).
 
   `warmup_steps` (0: off): steps of plain-autoencoder training before the
@@ -192,11 +198,11 @@ def apply_family_flags(c: ml_collections.ConfigDict,
                        a: ml_collections.ConfigDict
                        ) -> ml_collections.ConfigDict:
   """Applies the shared flags (runlocal first: the others override it)."""
-  if c.model.bottleneck.kind not in ('kl', 'identity'):
+  if bottlenecks.get(c.model.bottleneck.kind).warmup_applies:
     warmup(c, a.warmup)
   elif a.warmup:
-    raise ValueError(f'warmup={a.warmup}: the {c.model.bottleneck.kind!r} '
-                     'bottleneck does not quantize; AE warm-up does not apply.')
+    # configlib.validate refuses it, naming the key.
+    c.model.bottleneck.warmup_steps = a.warmup
   if a.runlocal:
     runlocal(c)
   if a.res:

@@ -17,9 +17,10 @@ An image of any size is cut into tiles of the run's resolution
 goes through the eval path, `model.apply(variables, tile, train=False)`, and
 its discrete latent is what is sent:
 
-* PCA: the quantized coefficients' `symbols` (`pcavae.bits.quantize`), with
-  the bits of each coefficient set by `--budget=B` (bits per tile, allocated
-  over the tile's coefficients by `bits.allocate_bits`, exactly as
+* PCA: the quantized coefficients' `symbols`
+  (`pcavae.models.coding.quantize`), with the bits of each coefficient set
+  by `--budget=B` (bits per tile, allocated over the tile's coefficients by
+  `coding.allocate_bits`, exactly as
   `config.model.bottleneck.coefficient_bit_budget` does) or `--bits=b`
   (every coefficient; `coefficient_bits`). Without a flag, the run's own
   quantization setting; a run without one is refused.
@@ -38,8 +39,8 @@ Probability models (fixed before coding, never fitted to the coded image)
   `sigma_i^2` the checkpoint's running coefficient variance (`pca`
   collection, `coef_var`), integrated over each cell of that coefficient's
   uniform quantizer (outer cells take the tails). Since the quantizer's step
-  is `s_b sigma_i` (`bits.gaussian_uniform_step`), the table depends on the
-  coefficient's bit depth b only (`bits.gaussian_symbol_probabilities`): one
+  is `s_b sigma_i` (`coding.gaussian_uniform_step`), the table depends on the
+  coefficient's bit depth b only (`coding.gaussian_symbol_probabilities`): one
   categorical model per b. 0-bit coefficients send nothing.
 * Codes: one categorical over the K codes, from the code frequencies of the
   first `count_images` (default 2048) images of the run's training split in
@@ -90,6 +91,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcavae import bits
+from pcavae import configlib
+from pcavae.models import coding
 
 FORMAT_VERSION = 1
 MAGIC = b'PCAV'
@@ -97,7 +100,6 @@ SUFFIX = '.pcav'
 RATE_CODES, RATE_BITS, RATE_BUDGET = 0, 1, 2
 DEFAULT_COUNT_IMAGES = 2048
 CODE_COUNTS_DIR = 'codec'
-UNCODABLE = ('kl', 'identity')
 
 _HEADER = struct.Struct('<4sBB8sIIHIII')
 HEADER_BYTES = _HEADER.size
@@ -182,7 +184,6 @@ def unpack_file(data: bytes, path: str, fingerprint: Optional[bytes] = None
 
 def model_fingerprint(config: Any, step: int) -> bytes:
   """8 bytes of SHA-256 over the run's config and checkpoint step."""
-  from pcavae import configlib  # pylint: disable=g-import-not-at-top
   text = configlib.to_json(config) + f'\nstep={int(step)}'
   return hashlib.sha256(text.encode()).digest()[:8]
 
@@ -234,114 +235,6 @@ def decode_streams(words: np.ndarray,
 
 
 # ---------------------------------------------------------------------------
-# Symbols -> quantized latent (the decoder's half of each bottleneck).
-# ---------------------------------------------------------------------------
-
-
-def _bottleneck_vars(variables: Dict[str, Any], collection: str) -> Any:
-  return variables[collection]['bottleneck']
-
-
-def _dense(params: Any, x: jax.Array, precision=None) -> jax.Array:
-  """Applies a restored `nn.Dense` layer (kernel, bias) as flax does."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  features = params['kernel'].shape[-1]
-  return nn.Dense(features, dtype=jnp.float32, precision=precision).apply(
-      {'params': params}, x)
-
-
-def pca_latent_from_symbols(variables: Dict[str, Any], config: Any,
-                            symbols: jax.Array, symbol_bits: jax.Array
-                            ) -> jax.Array:
-  """The PCA bottleneck's eval output from its quantized symbols.
-
-  Mirrors `PCABottleneck.__call__` at `train=False` with quantization on:
-  dequantize with each coefficient's running sigma, reconstruct
-  `y C^T + mu` per problem, and (`global` mode with `global_dim`) unmap.
-
-  Args:
-    variables: the model's variables (`params`, `pca`, ...).
-    config: the run's config.
-    symbols: `(B, H, W, Q)` (`(B, Q)` in `global` mode) int32.
-    symbol_bits: bits of each coefficient of one image (`symbols[0]`'s shape).
-
-  Returns:
-    The quantized latent `(B, H, W, D)`, float32.
-  """
-  from pcavae import configlib  # pylint: disable=g-import-not-at-top
-  from pcavae.models import pca  # pylint: disable=g-import-not-at-top
-  state = _bottleneck_vars(variables, 'pca')
-  mode = config.model.bottleneck.get('mode', 'spatial')
-  hh, ww, d = configlib.latent_shape(config)
-  b = symbols.shape[0]
-  sigma = jnp.sqrt(jnp.maximum(state['coef_var'], 0.0))
-  if mode != 'global':
-    sigma = jnp.broadcast_to(sigma, (hh * ww, sigma.shape[-1]))
-    sigma = sigma.reshape(symbol_bits.shape)
-  y = bits.dequantize(symbols, sigma, symbol_bits)
-  if mode == 'spatial':
-    y = jnp.swapaxes(y.reshape(b, hh * ww, -1), 0, 1)              # (L, B, Q)
-    x = pca.reconstruct(y, state['basis'], state['mean'])
-    return jnp.swapaxes(x, 0, 1).reshape(b, hh, ww, d)
-  if mode == 'shared':
-    x = pca.reconstruct(y.reshape(-1, y.shape[-1]), state['basis'],
-                        state['mean'])
-    return x.reshape(b, hh, ww, d)
-  x = pca.reconstruct(y, state['basis'], state['mean'])              # (B, N)
-  params = _bottleneck_vars(variables, 'params')
-  if 'unmap_in' in params:
-    import flax.linen as nn  # pylint: disable=g-import-not-at-top
-    x = _dense(params['unmap_out'],
-               nn.gelu(_dense(params['unmap_in'], x), approximate=False))
-  return x.reshape(b, hh, ww, d)
-
-
-def code_latent_from_codes(variables: Dict[str, Any], config: Any,
-                           codes: jax.Array) -> jax.Array:
-  """A discrete bottleneck's eval output `(B, H, W, D)` from its codes.
-
-  Mirrors each class in `pcavae.models.bottlenecks` (the code's vector, then
-  the output projection where the class has one), without the
-  straight-through term `z + sg(q - z)`, which equals `q` up to an ulp.
-  """
-  from pcavae import configlib  # pylint: disable=g-import-not-at-top
-  from pcavae.models import bottlenecks  # pylint: disable=g-import-not-at-top
-  kind = config.model.bottleneck.kind
-  d = configlib.latent_shape(config)[-1]
-  params = _bottleneck_vars(variables, 'params')
-  if kind == 'vq':
-    return jnp.take(params['codebook'], codes, axis=0)
-  if kind == 'ema_vq':
-    book = _bottleneck_vars(variables, 'vq_ema')['embedding']
-    return jnp.take(book, codes, axis=0)
-  if kind == 'simvq':
-    frozen = _bottleneck_vars(variables, 'simvq')['frozen_codebook']
-    book = _dense(params['codebook_map'], frozen,
-                  precision=jax.lax.Precision.HIGHEST)
-    return jnp.take(book, codes, axis=0)
-  if kind == 'vqgan_fc':
-    book = bottlenecks._l2_normalize(params['codebook'])  # pylint: disable=protected-access
-    return _dense(params['proj_out'], jnp.take(book, codes, axis=0))
-  if kind == 'fsq':
-    levels = tuple(int(l) for l in _bottleneck_arg(config, 'levels'))
-    q = bottlenecks.fsq_indices_to_codes(codes, levels)
-  elif kind == 'lfq':
-    q = jnp.take(bottlenecks.lfq_codebook(
-        int(_bottleneck_arg(config, 'code_dim'))), codes, axis=0)
-  else:
-    raise CodecError(f'config.model.bottleneck.kind={kind!r} has no code.')
-  if 'proj_out' in params:
-    q = _dense(params['proj_out'], q)
-  assert q.shape[-1] == d, (q.shape, d)
-  return q
-
-
-def _bottleneck_arg(config: Any, name: str) -> Any:
-  """A bottleneck argument: the config's value, else the class default."""
-  return bits._arg(config, name)  # pylint: disable=protected-access
-
-
-# ---------------------------------------------------------------------------
 # A model as a codec.
 # ---------------------------------------------------------------------------
 
@@ -383,7 +276,8 @@ class Codec:
     self.workdir = workdir
     config = train.load_config(workdir)
     kind = config.model.bottleneck.kind
-    if kind in UNCODABLE:
+    self.symbol_key = configlib.make_bottleneck(config).symbol_key
+    if self.symbol_key is None:
       raise CodecError(
           f'config.model.bottleneck.kind={kind!r} in {workdir}: a continuous '
           'latent has no finite code to entropy-code; use a PCA (with '
@@ -430,7 +324,7 @@ class Codec:
     if budget is not None and bits_ is not None:
       raise CodecError('--budget and --bits are exclusive.')
     if budget is None and bits_ is None:
-      quant = bits.coefficient_quantization(self.config)
+      quant = configlib.make_bottleneck(self.config).coefficient_quantization
       if quant is None:
         raise CodecError(
             f'{self.workdir} keeps 32-bit float coefficients: give '
@@ -440,11 +334,11 @@ class Codec:
     per_tile = bits.num_tokens(self.config) * int(
         self.config.model.bottleneck.num_components)
     if bits_ is not None:
-      if not 1 <= int(bits_) <= bits.MAX_COEFFICIENT_BITS:
+      if not 1 <= int(bits_) <= coding.MAX_COEFFICIENT_BITS:
         raise CodecError(f'--bits={bits_} must lie in '
-                         f'1..{bits.MAX_COEFFICIENT_BITS}.')
+                         f'1..{coding.MAX_COEFFICIENT_BITS}.')
       return RATE_BITS, int(bits_)
-    most = per_tile * bits.MAX_COEFFICIENT_BITS
+    most = per_tile * coding.MAX_COEFFICIENT_BITS
     if not 1 <= int(budget) <= most:
       raise CodecError(f'--budget={budget} (bits per tile) must lie in 1..'
                        f'{most} ({per_tile} coefficients per tile).')
@@ -457,7 +351,8 @@ class Codec:
       return config
     b = config.model.bottleneck
     with b.unlocked():
-      b.coefficient_bits = rate if rate_kind == RATE_BITS else bits.FLOAT_BITS
+      b.coefficient_bits = (rate if rate_kind == RATE_BITS
+                            else coding.FLOAT_BITS)
       b.coefficient_bit_budget = rate if rate_kind == RATE_BUDGET else None
     return config
 
@@ -476,11 +371,10 @@ class Codec:
     from pcavae import train  # pylint: disable=g-import-not-at-top
     config = self._rate_config(rate_kind, rate)
     model = train.create_model(config)
-    name = 'symbols' if self.kind == 'pca' else 'codes'
 
     def encode(variables, tiles):
       _, aux = model.apply(variables, tiles, train=False)
-      return aux[name]
+      return aux[self.symbol_key]
 
     symbol_bits = None
     if self.kind == 'pca':
@@ -488,13 +382,16 @@ class Codec:
       _, aux = jax.jit(functools.partial(model.apply, train=False))(
           self.variables, probe)
       symbol_bits = np.asarray(aux['symbol_bits'], np.int32)
+    latent_shape = configlib.latent_shape(config)
 
-      def latent(variables, symbols):
-        return pca_latent_from_symbols(variables, config, symbols,
-                                       jnp.asarray(symbol_bits))
-    else:
-      def latent(variables, symbols):
-        return code_latent_from_codes(variables, config, symbols)
+    def latent(variables, symbols):
+      """The bottleneck's eval output from its symbols (the decoder's half
+      of each bottleneck: `latent_from_symbols`)."""
+      z = model.apply(
+          variables, symbols,
+          None if symbol_bits is None else jnp.asarray(symbol_bits),
+          method=lambda m, s, b: m.bottleneck.latent_from_symbols(s, b))
+      return z.reshape(symbols.shape[:1] + latent_shape)
 
     def decode(variables, symbols):
       return model.apply(variables, latent(variables, symbols),
@@ -556,7 +453,7 @@ class Codec:
     for b in sorted(set(np.unique(symbol_bits).tolist()) - {0}):
       mask = symbol_bits == b
       out.append(((slice(None), mask), num_tiles * int(mask.sum()),
-                  bits.gaussian_symbol_probabilities(int(b))))
+                  coding.gaussian_symbol_probabilities(int(b))))
     return out
 
   # -- images ----------------------------------------------------------------
@@ -598,7 +495,6 @@ class Codec:
                      ) -> Tuple[Header, np.ndarray]:
     """`.pcav` bytes -> `(header, symbols of every tile)`, the eval path's
     `symbols` (PCA) or `codes` of the tiles, row-major."""
-    from pcavae import configlib  # pylint: disable=g-import-not-at-top
     from pcavae import tiling  # pylint: disable=g-import-not-at-top
     header, words = unpack_file(data, path, self.fingerprint)
     if header.tile_size != self.tile_size:

@@ -6,14 +6,18 @@ fails in a second rather than after compilation.
 """
 
 import dataclasses
+import importlib.util
 import json
+import os
 from typing import Any, Dict
 
 import ml_collections
 
+from pcavae import checks
 from pcavae import data
 from pcavae import losses
 from pcavae.models import bottlenecks
+from pcavae.models import discriminator
 
 _POSITIVE_INTS = ('batch_size', 'num_train_steps', 'log_every_steps',
                   'eval_every_steps', 'checkpoint_every_steps',
@@ -29,6 +33,15 @@ RECONSTRUCTION_LOSSES = losses.RECONSTRUCTION_CHOICES
 WARMUP_KEYS = ('warmup_steps', 'warmup_kmeans_batches', 'warmup_kmeans_iters',
                'warmup_auto', 'warmup_auto_every', 'warmup_auto_patience',
                'warmup_auto_tolerance')
+# Their defaults when a config leaves them out.
+DEFAULT_KMEANS_BATCHES = 10
+DEFAULT_KMEANS_ITERS = 20
+DEFAULT_AUTO_EVERY = 50
+DEFAULT_AUTO_PATIENCE = 3
+DEFAULT_AUTO_TOLERANCE = 0.05
+# Arguments of a bottleneck that come from the mesh (train.create_model),
+# not from a config.
+RUNTIME_ARGUMENTS = ('sample_sharding',)
 
 
 def bottleneck_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -39,6 +52,30 @@ def bottleneck_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   for key in WARMUP_KEYS:
     kw.pop(key, None)
   return kw
+
+
+def make_bottleneck(config: ml_collections.ConfigDict
+                    ) -> bottlenecks.Bottleneck:
+  """The configured bottleneck module (unbound: its facts, not its state).
+
+  Raises ValueError naming the key for an unknown kind or argument, or a
+  required argument left out.
+  """
+  kind = config.model.bottleneck.get('kind')
+  cls = bottlenecks.get(kind)  # names the key on an unknown kind
+  fields = {f.name: f for f in dataclasses.fields(cls)
+            if f.name not in ('parent', 'name') + RUNTIME_ARGUMENTS}
+  kwargs = bottleneck_kwargs(config)
+  for key in kwargs:
+    if key not in fields:
+      raise ValueError(f'config.model.bottleneck.{key} is not an argument of '
+                       f'the {kind!r} bottleneck; it takes {sorted(fields)}.')
+  for key, field in fields.items():
+    if (key not in kwargs and field.default is dataclasses.MISSING
+        and field.default_factory is dataclasses.MISSING):
+      raise ValueError(f'config.model.bottleneck.{key} must be set for the '
+                       f'{kind!r} bottleneck.')
+  return cls(**kwargs)
 
 
 def warmup_steps(config: ml_collections.ConfigDict) -> int:
@@ -89,64 +126,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.model.latent_dim={config.model.latent_dim!r} '
                      'must be positive.')
 
-  kind = config.model.bottleneck.get('kind')
-  cls = bottlenecks.get(kind)  # names the key on an unknown kind
-  # sample_sharding comes from the mesh (train.create_model), not a config.
-  fields = ({f.name for f in dataclasses.fields(cls)}
-            - {'parent', 'name', 'sample_sharding'})
-  for key in bottleneck_kwargs(config):
-    if key not in fields:
-      raise ValueError(f'config.model.bottleneck.{key} is not an argument of '
-                       f'the {kind!r} bottleneck; it takes {sorted(fields)}.')
-  if kind == 'pca':
-    _validate_pca(config)
-  else:
-    _validate_baseline(config)
-  _validate_warmup(config)
+  bottleneck = make_bottleneck(config)
+  bottleneck.validate(latent_shape(config))
+  _validate_warmup(config, bottleneck)
   _validate_loss(config)
 
   data.validate_dataset_config(config.dataset, config.resolution)
 
 
-def _positive(value, key: str, kind=int) -> None:
-  if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
-    raise ValueError(f'{key}={value!r} must be a positive integer.')
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-      not value > 0):
-    raise ValueError(f'{key}={value!r} must be positive.')
-
-
-def _validate_baseline(config: ml_collections.ConfigDict) -> None:
-  """Per-kind checks of the baseline bottlenecks' arguments."""
-  b = config.model.bottleneck
-  key = 'config.model.bottleneck.'
-  if 'codebook_size' in b:
-    _positive(b.codebook_size, key + 'codebook_size')
-  for name in ('beta', 'lookup_dim', 'code_dim', 'latent_channels'):
-    if b.get(name) is not None:
-      _positive(b[name], key + name, int if name != 'beta' else float)
-  for name in ('kl_weight', 'entropy_weight', 'commitment_weight'):
-    if name in b and not (isinstance(b[name], (int, float)) and b[name] >= 0):
-      raise ValueError(f'{key}{name}={b[name]!r} must be >= 0.')
-  if 'decay' in b and not 0.0 <= b.decay < 1.0:
-    raise ValueError(f'{key}decay={b.decay!r} must be in [0, 1).')
-  if b.get('dead_code_threshold') is not None:
-    _positive(b.dead_code_threshold, key + 'dead_code_threshold', float)
-  if 'levels' in b:
-    levels = b.levels
-    if (not isinstance(levels, (list, tuple)) or not levels
-        or any(isinstance(l, bool) or not isinstance(l, int) or l < 2
-               for l in levels)):
-      raise ValueError(f'{key}levels={levels!r} must be a non-empty list of '
-                       'integers >= 2 (e.g. (8, 5, 5, 5)).')
-  if b.get('code_dim') is not None and b.code_dim > 16:
-    raise ValueError(f'{key}code_dim={b.code_dim} exceeds 16: the LFQ '
-                     'entropy loss materialises all 2^code_dim codes.')
-
-
-def _validate_warmup(config: ml_collections.ConfigDict) -> None:
+def _validate_warmup(config: ml_collections.ConfigDict,
+                     bottleneck: bottlenecks.Bottleneck) -> None:
   """The AE warm-up keys (pcavae/warmup.py)."""
-  from pcavae import warmup  # pylint: disable=g-import-not-at-top
   b = config.model.bottleneck
   key = 'config.model.bottleneck.'
   n = b.get('warmup_steps', 0)
@@ -160,28 +150,23 @@ def _validate_warmup(config: ml_collections.ConfigDict) -> None:
           f'{key}warmup_auto=True needs {key}warmup_steps > 0: the latest '
           'step at which the adaptive switch may happen (the cap).')
     return
-  if b.kind not in warmup.WARMUP_KINDS:
+  if not bottleneck.warmup_applies:
     raise ValueError(
         f'{key}warmup_steps={n}: AE warm-up needs a quantizing bottleneck or '
-        f'pca ({warmup.WARMUP_KINDS}), not {b.kind!r}.')
-  if b.kind == 'pca' and b.get('mode') == 'global' and b.get('global_dim'):
-    raise ValueError(
-        f'{key}warmup_steps={n} with mode=global and global_dim set: the '
-        'identity warm-up would skip the untrained global_dim mapper; use '
-        'global_dim=None or no warm-up.')
-  _positive(b.get('warmup_kmeans_batches', warmup.DEFAULT_KMEANS_BATCHES),
-            key + 'warmup_kmeans_batches')
-  iters = b.get('warmup_kmeans_iters', warmup.DEFAULT_KMEANS_ITERS)
+        f'pca ({bottlenecks.warmup_kinds()}), not {b.kind!r}.')
+  bottleneck.check_warmup(f'{key}warmup_steps={n}')
+  checks.positive(b.get('warmup_kmeans_batches', DEFAULT_KMEANS_BATCHES),
+                  key + 'warmup_kmeans_batches')
+  iters = b.get('warmup_kmeans_iters', DEFAULT_KMEANS_ITERS)
   if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
     raise ValueError(f'{key}warmup_kmeans_iters={iters!r} must be an integer '
                      '>= 0.')
-  _validate_warmup_auto(config)
+  _validate_warmup_auto(config, bottleneck)
 
 
-def _validate_warmup_auto(config: ml_collections.ConfigDict) -> None:
+def _validate_warmup_auto(config: ml_collections.ConfigDict,
+                          bottleneck: bottlenecks.Bottleneck) -> None:
   """The adaptive switch's keys (pcavae/warmup.py), warm-up being on."""
-  from pcavae import bits  # pylint: disable=g-import-not-at-top
-  from pcavae import warmup  # pylint: disable=g-import-not-at-top
   b = config.model.bottleneck
   key = 'config.model.bottleneck.'
   auto = b.get('warmup_auto', False)
@@ -189,15 +174,15 @@ def _validate_warmup_auto(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'{key}warmup_auto={auto!r} must be True or False.')
   if not auto:
     return
-  if not bits.num_codes(config):
+  if not bottleneck.num_codes:
     raise ValueError(
         f'{key}warmup_auto=True: the criterion water-fills at log2 K bits per '
         f'token and needs a quantizer with K codes, not {b.kind!r}.')
-  _positive(b.get('warmup_auto_every', warmup.DEFAULT_AUTO_EVERY),
-            key + 'warmup_auto_every')
-  _positive(b.get('warmup_auto_patience', warmup.DEFAULT_AUTO_PATIENCE),
-            key + 'warmup_auto_patience')
-  tol = b.get('warmup_auto_tolerance', warmup.DEFAULT_AUTO_TOLERANCE)
+  checks.positive(b.get('warmup_auto_every', DEFAULT_AUTO_EVERY),
+                  key + 'warmup_auto_every')
+  checks.positive(b.get('warmup_auto_patience', DEFAULT_AUTO_PATIENCE),
+                  key + 'warmup_auto_patience')
+  tol = b.get('warmup_auto_tolerance', DEFAULT_AUTO_TOLERANCE)
   if (isinstance(tol, bool) or not isinstance(tol, (int, float))
       or not tol >= 0):
     raise ValueError(f'{key}warmup_auto_tolerance={tol!r} must be a number '
@@ -219,14 +204,13 @@ def _validate_loss(config: ml_collections.ConfigDict) -> None:
                      f'{losses.KL_NORMALIZATIONS}.')
   if kind != 'vqgan':
     return
-  from pcavae.models import discriminator  # pylint: disable=g-import-not-at-top
   for name in ('perceptual_weight', 'disc_weight', 'disc_factor', 'disc_start'):
     if not (isinstance(lc.get(name), (int, float)) and lc[name] >= 0):
       raise ValueError(f'config.loss.{name}={lc.get(name)!r} must be >= 0.')
   for name in ('disc_lr', 'adaptive_weight_max'):
-    _positive(lc.get(name), f'config.loss.{name}', float)
+    checks.positive(lc.get(name), f'config.loss.{name}', float)
   for name in ('disc_layers', 'disc_filters'):
-    _positive(lc.get(name), f'config.loss.{name}')
+    checks.positive(lc.get(name), f'config.loss.{name}')
   if lc.disc_norm not in discriminator.NORMS:
     raise ValueError(f'config.loss.disc_norm={lc.disc_norm!r}; choose one of '
                      f'{discriminator.NORMS}.')
@@ -248,82 +232,6 @@ def _validate_loss(config: ml_collections.ConfigDict) -> None:
           'vgg or set config.loss.perceptual_weight=0.')
 
 
-def _validate_pca(config: ml_collections.ConfigDict) -> None:
-  b = config.model.bottleneck
-  mode = b.get('mode', 'spatial')
-  if mode not in bottlenecks.PCA_MODES:
-    raise ValueError(f'config.model.bottleneck.mode={mode!r}; choose one of '
-                     f'{bottlenecks.PCA_MODES}.')
-  h, w, d = latent_shape(config)
-  if mode == 'global':
-    dim = b.get('global_dim') or h * w * d
-    what = ('config.model.bottleneck.global_dim' if b.get('global_dim')
-            else f'the flattened latent h*w*D = {h}*{w}*{d}')
-  else:
-    dim, what = d, 'config.model.latent_dim (D)'
-  q = b.get('num_components')
-  if not isinstance(q, int) or q <= 0:
-    raise ValueError(f'config.model.bottleneck.num_components={q!r} must be a '
-                     'positive integer.')
-  if q > dim:
-    raise ValueError(f'config.model.bottleneck.num_components={q} (Q) exceeds '
-                     f'{what} = {dim}; Q <= D is required.')
-  _validate_pca_tracker(config, dim, h * w if mode == 'spatial' else 1)
-  _validate_coefficient_quantization(config, h * w * q if mode != 'global'
-                                     else q)
-
-
-# The `subspace` tracker's covariance state (problems x dim x dim float32)
-# above this many bytes is refused: it is checkpointed and updated per step.
-MAX_SUBSPACE_STATE_BYTES = 2 ** 31
-
-
-def _validate_pca_tracker(config: ml_collections.ConfigDict, dim: int,
-                          problems: int) -> None:
-  """`tracker`, `learning_rate`, `max_update_norm` and the `subspace` keys."""
-  b = config.model.bottleneck
-  key = 'config.model.bottleneck.'
-  tracker = b.get('tracker', 'reference')
-  if tracker not in bottlenecks.PCA_TRACKERS:
-    raise ValueError(f'{key}tracker={tracker!r}; choose one of '
-                     f'{bottlenecks.PCA_TRACKERS}.')
-  rate = b.get('learning_rate')
-  if rate is not None and not (isinstance(rate, (int, float)) and rate > 0):
-    raise ValueError(f'{key}learning_rate={rate!r} must be a positive number '
-                     '(or None: tied to the optimizer).')
-  if tracker == 'sanger' and rate is not None and rate > 1:
-    raise ValueError(f'{key}learning_rate={rate!r}: the sanger tracker is '
-                     'stable for rates in (0, 1].')
-  clip = b.get('max_update_norm')
-  if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
-    raise ValueError(f'{key}max_update_norm={clip!r} must be positive (or '
-                     'None: no clip).')
-  alpha = b.get('covariance_alpha', 0.99)
-  if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1):
-    raise ValueError(f'{key}covariance_alpha={alpha!r} must be in (0, 1].')
-  iters = b.get('subspace_iterations', 1)
-  if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
-    raise ValueError(f'{key}subspace_iterations={iters!r} must be an integer '
-                     '>= 1.')
-  if tracker == 'subspace':
-    state = problems * dim * dim * 4
-    if state > MAX_SUBSPACE_STATE_BYTES:
-      raise ValueError(
-          f'{key}tracker=subspace keeps a {problems} x {dim} x {dim} '
-          f'covariance ({state / 2 ** 30:.1f} GiB); use sanger, or a smaller '
-          'dimension (global_dim, latent_dim).')
-
-
-def _validate_coefficient_quantization(config: ml_collections.ConfigDict,
-                                       num_coefficients: int) -> None:
-  """`coefficient_bits` / `coefficient_bit_budget` (pcavae/bits.py)."""
-  from pcavae import bits  # pylint: disable=g-import-not-at-top
-  b = config.model.bottleneck
-  bits.check_coefficient_quantization(
-      b.get('coefficient_bits', bits.FLOAT_BITS),
-      b.get('coefficient_bit_budget'), num_coefficients)
-
-
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 
@@ -332,8 +240,6 @@ def load(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` as `--config=` does (for notebooks,
   experiments and tests; a config file's name may shadow a package, e.g.
   `configs/pcavae.py`, so it is loaded by path, not imported by name)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   path, _, arg = spec.partition(':')
   if not os.path.exists(path):
     raise FileNotFoundError(f'Config file {path!r} not found.')
@@ -374,9 +280,9 @@ ADDED_KEY_DEFAULTS = {
     'model.conv_algorithm': 'auto',   # Winograd: the same convs to rounding
     # The adaptive AE warm-up switch (off: the fixed warmup_steps as before).
     'model.bottleneck.warmup_auto': False,
-    'model.bottleneck.warmup_auto_every': 50,
-    'model.bottleneck.warmup_auto_patience': 3,
-    'model.bottleneck.warmup_auto_tolerance': 0.05,
+    'model.bottleneck.warmup_auto_every': DEFAULT_AUTO_EVERY,
+    'model.bottleneck.warmup_auto_patience': DEFAULT_AUTO_PATIENCE,
+    'model.bottleneck.warmup_auto_tolerance': DEFAULT_AUTO_TOLERANCE,
     # Runs before the PCA trackers existed used the OPCA-VAE rule; the
     # subspace tracker's keys do nothing for the others.
     'model.bottleneck.tracker': 'reference',

@@ -37,7 +37,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -48,18 +47,13 @@ from pcavae import bits
 from pcavae import data
 from pcavae import metrics
 from pcavae import sharding
+from pcavae import train_state
 from pcavae import viz
 from pcavae.metrics import codebook as codebook_metrics
 from pcavae.models import pca as pca_lib
+from pcavae.sharding import gather  # pylint: disable=g-importing-member
 
 State = Dict[str, Any]
-
-
-def gather(x: jax.Array) -> np.ndarray:
-  """A global array on the host of every process."""
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _lpips_input(x: jax.Array) -> jax.Array:
@@ -324,7 +318,7 @@ class Spectra:
       spectra['codebook_used'] = (
           analysis.singular_values(codebook[used]) if used.size > 1
           else np.zeros((1,)))
-    pca_state = state.get('pca')
+    pca_state = train_state.collections_of(state).get('pca')
     if pca_state is not None:
       leaves = {}
       for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:

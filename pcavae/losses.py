@@ -76,7 +76,7 @@ def kl_loss_scale(image_shape: Sequence[int], normalization: str = 'ldm'
 
 
 # ---------------------------------------------------------------------------
-# Quantizer losses (used by pcavae/models/bottlenecks.py).
+# Quantizer losses (used by pcavae/models/bottlenecks/).
 # ---------------------------------------------------------------------------
 
 

@@ -23,11 +23,13 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
 from pcavae import configlib
+from pcavae import train_state
 
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'
@@ -254,10 +256,12 @@ def state_shardings(abstract_state: Any, mesh: Mesh,
 
   def one(path, leaf):
     top = getattr(path[0], 'key', None)
+    collection = (getattr(path[1], 'key', None)
+                  if top == train_state.COLLECTIONS else None)
     ndim = getattr(leaf, 'ndim', 0)
     if top in FSDP_STATE_KEYS and ndim > 0:
       return NamedSharding(mesh, fsdp_spec(leaf.shape, k))
-    if top == 'pca' and ndim > 0 and locations is not None:
+    if collection == 'pca' and ndim > 0 and locations is not None:
       return locations  # every non-scalar PCA leaf is per location
     return NamedSharding(mesh, P())
   return jax.tree_util.tree_map_with_path(one, abstract_state)
@@ -277,3 +281,10 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
 def is_primary() -> bool:
   """Only process 0 writes logs, images and config files."""
   return jax.process_index() == 0
+
+
+def gather(x: jax.Array) -> np.ndarray:
+  """A global array on the host of every process."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

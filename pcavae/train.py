@@ -8,14 +8,9 @@ donated train step per batch. The data iterator is a pure function of
 `(seed, step)`, so a resumed run sees exactly the batches an uninterrupted one
 would; the per-step rng is `fold_in(rng, step)` for the same reason.
 
-The train state is a plain dict:
-  params        trainable parameters (float32)
-  opt_state     optax state
-  <collection>  every non-trainable model collection (`pca`, ...)
-  step          int32, number of updates applied or skipped
-  rng           the run's base PRNG key
-  num_nonfinite int32, steps whose loss or gradient was NaN/Inf (not applied)
-  first_nonfinite_step  int32, -1 if none
+The train state is a plain dict (`pcavae.train_state`): `params`,
+`opt_state`, every non-trainable model collection under `collections`,
+`step`, `rng` and the non-finite step counters.
 """
 
 import json
@@ -37,6 +32,7 @@ from pcavae import data
 from pcavae import evaluators
 from pcavae import losses
 from pcavae import sharding
+from pcavae import train_state
 from pcavae import vqgan
 from pcavae import warmup
 from pcavae import writers
@@ -125,8 +121,8 @@ def make_init_fn(model, tx, config) -> Callable[[jax.Array], State]:
              'step': jnp.zeros((), jnp.int32), 'rng': run_rng,
              'num_nonfinite': jnp.zeros((), jnp.int32),
              'first_nonfinite_step': jnp.full((), -1, jnp.int32),
-             'first_nonfinite_what': jnp.full((), -1, jnp.int32)}
-    state.update(variables)
+             'first_nonfinite_what': jnp.full((), -1, jnp.int32),
+             train_state.COLLECTIONS: variables}
     if vqgan.enabled(config):
       # fold_in, not a wider split: runs without a GAN keep their init.
       state.update(vqgan.init_state(config, jax.random.fold_in(init_rng, 1)))
@@ -177,12 +173,13 @@ def bottleneck_loss_scale(config: ml_collections.ConfigDict,
 
   The reconstruction loss is a per-element mean and every bottleneck's loss
   is in the same units as its authors', against a per-element mean too
-  (taming, vector-quantize-pytorch, FSQ, LFQ), except the KL: latent
-  diffusion weighs its per-image KL against a reconstruction loss summed
-  over each image's pixels, so it is divided by `H * W * C`
-  (`config.loss.kl_normalization`, `losses.kl_loss_scale`).
+  (taming, vector-quantize-pytorch, FSQ, LFQ), except a bottleneck whose
+  loss is per image (`per_image_loss`: the KL). Latent diffusion weighs its
+  per-image KL against a reconstruction loss summed over each image's
+  pixels, so it is divided by `H * W * C` (`config.loss.kl_normalization`,
+  `losses.kl_loss_scale`).
   """
-  if config.model.bottleneck.kind != 'kl':
+  if not configlib.make_bottleneck(config).per_image_loss:
     return 1.0
   return losses.kl_loss_scale(image_shape,
                               config.loss.get('kl_normalization', 'ldm'))
@@ -204,13 +201,14 @@ def make_train_step(model, tx, schedule, config) -> Callable:
                  if vqgan.enabled(config) else None)
 
   def train_step(state: State, batch: jax.Array):
-    cols = tuple(k for k in state if k not in _NON_COLLECTION_KEYS)
+    collections = train_state.collections_of(state)
+    cols = tuple(collections)
     step = state['step']
     lr = schedule(step)
     rng = jax.random.fold_in(state['rng'], step)
 
     def loss_fn(params):
-      variables = {'params': params, **{k: state[k] for k in cols}}
+      variables = {'params': params, **collections}
       out = model.apply(variables, batch, train=True, lr=lr,
                         mutable=list(cols) if cols else False,
                         rngs={'sample': rng})
@@ -244,12 +242,13 @@ def make_train_step(model, tx, schedule, config) -> Callable:
     # are updated inside the forward pass, before the loss, so a diverging
     # PCA basis or codebook is named rather than the loss it poisons.
     bad = jnp.concatenate([
-        _nonfinite_leaves({k: new_cols.get(k, state[k]) for k in cols}),
+        _nonfinite_leaves({k: new_cols.get(k, collections[k])
+                           for k in cols}),
         ~jnp.isfinite(checked)])
     finite = ~jnp.any(bad)
 
-    new_state = dict(state, params=params, opt_state=opt_state, **new_cols,
-                     **gan_state)
+    new_state = dict(state, params=params, opt_state=opt_state, **gan_state)
+    new_state[train_state.COLLECTIONS] = {**collections, **new_cols}
     # A non-finite step is not applied (state, PCA included, stays as it was)
     # but is counted; the host decides at log/checkpoint steps whether to stop.
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
@@ -278,9 +277,6 @@ def make_train_step(model, tx, schedule, config) -> Callable:
   return train_step
 
 
-_NON_COLLECTION_KEYS = ('params', 'opt_state', 'step', 'rng', 'num_nonfinite',
-                        'first_nonfinite_step', 'first_nonfinite_what'
-                        ) + vqgan.STATE_KEYS + warmup.STATE_KEYS
 # What the train step checks for NaN/Inf, in this order (disc_loss: the
 # VQGAN discriminator's hinge loss, 0 without it).
 NONFINITE_ORDER = ('loss', 'reconstruction_loss', 'bottleneck_loss',
@@ -305,9 +301,7 @@ def nonfinite_names(state: State) -> Tuple[str, ...]:
   return tuple(_leaf_name(p) for p, _ in leaves) + NONFINITE_ORDER
 
 
-def collections_of(state: State) -> Dict[str, Any]:
-  """The non-trainable model collections held in a train state."""
-  return {k: v for k, v in state.items() if k not in _NON_COLLECTION_KEYS}
+collections_of = train_state.collections_of
 
 
 def make_reconstruct_fn(model) -> Callable:
@@ -468,14 +462,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   abstract_with_sharding = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract_state, state_sharding)
-  state, start_step = ckpt.restore_latest(abstract_with_sharding)
+  state, start_step = restore_latest(ckpt, abstract_with_sharding)
   if state is None:
     state = initialize(init_fn, rng, state_sharding)
     logging.info('Initialised a new run in %s.', workdir)
   else:
     logging.info('Resumed from the checkpoint at step %d in %s.', start_step,
                  workdir)
-  basis = [leaf for leaf in jax.tree.leaves(state.get('pca', {}))
+  basis = [leaf for leaf in jax.tree.leaves(
+      collections_of(state).get('pca', {}))
            if leaf.ndim == 3]  # a spatial PCA's (L, D, Q)
   if basis and mesh.size > 1:
     b = basis[0]
@@ -498,7 +493,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                               state_sharding)
   # AE warm-up: a one-off host-side switch at step N, or where the adaptive
   # criterion decides (checks every warmup_auto_every steps; pcavae/warmup.py).
-  switch = (warmup.Switch(model, config, mesh, state_sharding, collections_of)
+  switch = (warmup.Switch(model, config, mesh, state_sharding)
             if warmup.enabled(config) else None)
   switch_stats: Dict[str, float] = {}
 
@@ -595,9 +590,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def collections_stats(state: State) -> Dict[str, float]:
   """Scalar health figures of the non-trainable collections (at eval)."""
   out = {}
-  if warmup.COLLECTION in state:
-    out['warmup/active'] = int(state[warmup.COLLECTION]['active'])
-  pca_state = state.get('pca')
+  collections = collections_of(state)
+  if warmup.COLLECTION in collections:
+    out['warmup/active'] = int(collections[warmup.COLLECTION]['active'])
+  pca_state = collections.get('pca')
   if pca_state is not None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:
       if path[-1].key == 'basis':
@@ -606,6 +602,25 @@ def collections_stats(state: State) -> Dict[str, float]:
       elif path[-1].key == 'forced_orthonormalizations':
         out['pca/forced_orthonormalizations'] = int(leaf)
   return out
+
+
+def restore_latest(ckpt: checkpointing.Checkpointer, abstract_state: State
+                   ) -> Tuple[Optional[State], int]:
+  """`ckpt.restore_latest`, also reading checkpoints written before the
+  model collections had their own key in the train state
+  (`train_state.to_legacy_layout`)."""
+  try:
+    return ckpt.restore_latest(abstract_state)
+  except RuntimeError as error:
+    names = tuple(train_state.collections_of(abstract_state))
+    try:
+      state, step = ckpt.restore_latest(
+          train_state.to_legacy_layout(abstract_state))
+    except RuntimeError:
+      raise error from None
+    logging.info('Read the checkpoint of step %d in the earlier state '
+                 'layout.', step)
+    return train_state.from_legacy_layout(state, names), step
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -634,10 +649,9 @@ def restore_model(workdir: str):
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
       jax.eval_shape(init_fn, jax.random.PRNGKey(0)))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'))
-  state, step = ckpt.restore_latest(abstract_state)
+  state, step = restore_latest(ckpt, abstract_state)
   ckpt.close()
   if state is None:
     raise FileNotFoundError(
         f'No readable checkpoint in {workdir}/checkpoints.')
-  return config, model, {'params': state['params'],
-                         **collections_of(state)}, step
+  return config, model, train_state.variables_of(state), step

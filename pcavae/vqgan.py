@@ -35,6 +35,7 @@ import ml_collections
 import optax
 
 from pcavae import losses
+from pcavae import train_state
 from pcavae.models import discriminator
 
 Array = jax.Array
@@ -115,7 +116,8 @@ def make_grad_fn(model, config: ml_collections.ConfigDict,
   def grad_fn(state: State, batch: Array, lr: Array, rng: Array,
               cols: Tuple[str, ...], bottleneck_scale: float = 1.0):
     def forward(params):
-      variables = {'params': params, **{k: state[k] for k in cols}}
+      variables = {'params': params,
+                   **{k: train_state.collections_of(state)[k] for k in cols}}
       out = model.apply(variables, batch, train=True, lr=lr,
                         mutable=list(cols) if cols else False,
                         rngs={'sample': rng})

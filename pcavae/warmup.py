@@ -8,25 +8,14 @@ quantizer switches on. At the switch, before the update of step N:
   1. the encoder (as trained so far) encodes `warmup_kmeans_batches`
      training batches: those of steps N, N+1, ... (a pure function of
      `(seed, step)`, like every batch);
-  2. the quantizer is initialised from those latents:
-       vq         codebook <- k-means centres (greedy k-means++ and
-                  `warmup_kmeans_iters` Lloyd iterations, `analysis.kmeans`);
-       ema_vq     embedding <- centres; cluster_size <- hits per batch in the
-                  k-means assignment (at least 1, the layer's own initial
-                  count); embedding_sum <- embedding * cluster_size, so the
-                  EMA continues from the k-means codebook;
-       vqgan_fc   k-means on the l2-normalised lookup vectors (the current
-                  `proj_in` applied to the latents); codebook <- normalised
-                  centres;
-       simvq      its codebook is a linear image `F W + b` of a frozen random
-                  `F`, so no k-means codebook can be written exactly: `W, b`
-                  are set so that the mapped codebook has the k-means
-                  centres' mean and covariance;
-       fsq, lfq   fixed grids, nothing to initialise: the switch only turns
-                  the rounding on (their projections start untrained);
-       pca        basis, mean and coefficient variances <- an exact PCA of
-                  the latents (`pca.exact_pca`, per location in `spatial`
-                  mode);
+  2. the quantizer initialises itself from those latents: its
+     `warmup_init` method (`pcavae.models.bottlenecks`), run through
+     `apply(method=...)` on the bottleneck's own variables. The vector
+     quantizers write a k-means codebook (greedy k-means++ and
+     `warmup_kmeans_iters` Lloyd iterations, `analysis.kmeans`; see
+     `bottlenecks/vq.py` for each), FSQ and LFQ have fixed grids and only
+     turn the rounding on, the PCA takes an exact PCA of the latents
+     (`pca.exact_pca`, per location in `spatial` mode);
   3. the flag is set; parameters and optimizer state of the encoder and
      decoder are kept as they are.
 
@@ -47,7 +36,7 @@ step is decided from what the run measures; `warmup_steps` is then the
 latest step at which it may happen (the cap). The criterion comes from the
 warm-up paper's theory: an autoencoder learns the directions of its latent
 in order of variance, and a quantizer at R = log2 K bits per token (K codes,
-`bits.num_codes`) can only spend bits on the directions that reverse
+the bottleneck's `num_codes`) can only spend bits on the directions that reverse
 water-filling at rate R gives a positive rate (`analysis.waterfilling_dim`).
 Once the AE has learned those, more warm-up cannot change what the
 quantizer will keep. Every `warmup_auto_every` steps (at steps 0, E, 2E, ...
@@ -102,20 +91,19 @@ import ml_collections
 import numpy as np
 
 from pcavae import analysis
-from pcavae import bits
 from pcavae import configlib
-from pcavae import evaluators
 from pcavae import sharding
+from pcavae import train_state
 from pcavae.data import pipeline
-from pcavae.models import pca as pca_lib
 
 Array = jax.Array
 State = Dict[str, Any]
+Variables = Dict[str, Any]
 
-WARMUP_KINDS = ('vq', 'ema_vq', 'simvq', 'vqgan_fc', 'fsq', 'lfq', 'pca')
-KMEANS_KINDS = ('vq', 'ema_vq', 'simvq', 'vqgan_fc')
-DEFAULT_KMEANS_BATCHES = 10
-DEFAULT_KMEANS_ITERS = 20
+# The defaults live with the config checks (`configlib`); named here too for
+# the experiments that read them beside the functions below.
+DEFAULT_KMEANS_BATCHES = configlib.DEFAULT_KMEANS_BATCHES
+DEFAULT_KMEANS_ITERS = configlib.DEFAULT_KMEANS_ITERS
 # fold_in constant of the k-means seeding stream (distinct from the step's
 # sampling stream `fold_in(rng, step)`).
 KMEANS_STREAM = 0x5717C4
@@ -127,9 +115,9 @@ MODULE = 'bottleneck'
 # Train-state key of the adaptive switch's history (not a model collection).
 AUTO_STATE_KEY = 'warmup_auto'
 STATE_KEYS = (AUTO_STATE_KEY,)
-DEFAULT_AUTO_EVERY = 50
-DEFAULT_AUTO_PATIENCE = 3
-DEFAULT_AUTO_TOLERANCE = 0.05
+DEFAULT_AUTO_EVERY = configlib.DEFAULT_AUTO_EVERY
+DEFAULT_AUTO_PATIENCE = configlib.DEFAULT_AUTO_PATIENCE
+DEFAULT_AUTO_TOLERANCE = configlib.DEFAULT_AUTO_TOLERANCE
 # `warmup/switch_reason` values.
 REASON_FIXED, REASON_CRITERION, REASON_CAP = 0, 1, 2
 REASON_NAMES = {REASON_FIXED: 'fixed warmup_steps',
@@ -164,7 +152,7 @@ def auto_tolerance(config: ml_collections.ConfigDict) -> float:
 
 def rate_bits(config: ml_collections.ConfigDict) -> float:
   """R = log2 K bits per token of the configured quantizer."""
-  k = bits.num_codes(config)
+  k = configlib.make_bottleneck(config).num_codes
   if not k:
     raise ValueError(
         'config.model.bottleneck.warmup_auto needs a quantizer with a '
@@ -287,130 +275,34 @@ def _replace(tree: Dict[str, Any], path: Sequence[str], value: Any
   return out
 
 
-def _l2_normalize(x: Array, eps: float = 1e-6) -> Array:
-  # The same normalisation as FactorizedVQBottleneck's.
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1,
-                                               keepdims=True), eps * eps))
-
-
-def _dense(p: Dict[str, Array], x: Array) -> Array:
-  return jnp.matmul(x, p['kernel'], precision=jax.lax.Precision.HIGHEST) + (
-      p['bias'])
-
-
-def _sym_power(cov: Array, power: float, eps: float = 1e-10) -> Array:
-  lam, u = jnp.linalg.eigh(0.5 * (cov + cov.T))
-  return (u * jnp.maximum(lam, eps) ** power) @ u.T
-
-
-def _covariance(x: Array) -> Tuple[Array, Array]:
-  mean = jnp.mean(x, 0)
-  xc = x - mean
-  return mean, jnp.matmul(xc.T, xc, precision=jax.lax.Precision.HIGHEST) / (
-      x.shape[0])
-
-
-def match_moments(frozen: Array, target: Array) -> Tuple[Array, Array]:
-  """`W, b` such that `frozen @ W + b` has the mean and covariance of
-  `target` (rows are vectors): `W = S_f^(-1/2) S_t^(1/2)`, symmetric roots.
-  """
-  mean_f, cov_f = _covariance(frozen.astype(jnp.float32))
-  mean_t, cov_t = _covariance(target.astype(jnp.float32))
-  w = _sym_power(cov_f, -0.5) @ _sym_power(cov_t, 0.5)
-  return w, mean_t - mean_f @ w
-
-
-def lookup_vectors(kind: str, params: Dict[str, Any], latents: Array
-                   ) -> Array:
-  """`(n, d)` vectors that the bottleneck `kind` looks codes up with, from
-  NHWC encoder latents."""
-  flat = latents.reshape(-1, latents.shape[-1]).astype(jnp.float32)
-  if kind == 'vqgan_fc':
-    return _l2_normalize(_dense(params[MODULE]['proj_in'], flat))
-  return flat
-
-
-def pca_samples(mode: str, latents: Array) -> Array:
-  """NHWC latents -> the samples the PCA bottleneck sees in `mode`."""
-  b, h, w, d = latents.shape
-  x = latents.astype(jnp.float32)
-  if mode == 'spatial':
-    return jnp.transpose(x.reshape(b, h * w, d), (1, 0, 2))   # (L, n, D)
-  if mode == 'shared':
-    return x.reshape(b * h * w, d)
-  return x.reshape(b, h * w * d)                                # global
-
-
 def make_switch_fn(config: ml_collections.ConfigDict
-                   ) -> Callable[[State, Sequence[Array], Array],
-                                 Tuple[State, Dict[str, Array]]]:
-  """`(state, latent batches, key) -> (state, stats)`: the switch, jittable.
+                   ) -> Callable[[Variables, Sequence[Array], Array],
+                                 Tuple[Variables, Dict[str, Array]]]:
+  """`(variables, latent batches, key) -> (variables, stats)`: the switch,
+  jittable.
 
-  `latent batches` are NHWC encoder outputs; the returned state has the
-  quantizer initialised from them (module docstring) and the flag set.
+  `variables` are the model's Flax variables (`params` and the collections,
+  the bottleneck's under `MODULE`, the flag under `COLLECTION`); `latent
+  batches` are NHWC encoder outputs. The returned variables have the
+  quantizer initialised from them by its `warmup_init` and the flag set.
   """
-  b = config.model.bottleneck
-  kind = b.kind
+  bottleneck = configlib.make_bottleneck(config)
   iters = kmeans_iters(config)
 
-  def switch(state: State, latents: Sequence[Array], key: Array
-             ) -> Tuple[State, Dict[str, Array]]:
+  def switch(variables: Variables, latents: Sequence[Array], key: Array
+             ) -> Tuple[Variables, Dict[str, Array]]:
     z = jnp.concatenate(list(latents), axis=0)
-    num_batches = len(latents)
-    stats: Dict[str, Array] = {}
-    state = dict(state)
-    if kind in KMEANS_KINDS:
-      x = lookup_vectors(kind, state['params'], z)
-      if kind == 'ema_vq':
-        k = state['vq_ema'][MODULE]['embedding'].shape[0]
-      elif kind == 'simvq':
-        k = state['simvq'][MODULE]['frozen_codebook'].shape[0]
-      else:
-        k = state['params'][MODULE]['codebook'].shape[0]
-      centres, assignment = analysis.kmeans(key, x, k=k, num_iters=iters)
-      counts = jax.ops.segment_sum(jnp.ones(assignment.shape, jnp.float32),
-                                   assignment, num_segments=k)
-      err = jnp.mean(jnp.sum(jnp.square(x - centres[assignment]), -1))
-      var = jnp.mean(jnp.sum(jnp.square(x - jnp.mean(x, 0)), -1))
-      stats.update({
-          'warmup/kmeans_samples': jnp.asarray(x.shape[0], jnp.float32),
-          'warmup/kmeans_used_codes': jnp.sum(counts > 0).astype(jnp.float32),
-          'warmup/kmeans_distortion': err,
-          'warmup/kmeans_relative_distortion': err / jnp.maximum(var, 1e-12),
-      })
-      if kind == 'vq':
-        state['params'] = _replace(state['params'], (MODULE, 'codebook'),
-                                   centres)
-      elif kind == 'vqgan_fc':
-        state['params'] = _replace(state['params'], (MODULE, 'codebook'),
-                                   _l2_normalize(centres))
-      elif kind == 'ema_vq':
-        size = jnp.maximum(counts / num_batches, 1.0)
-        ema = dict(state['vq_ema'][MODULE], embedding=centres,
-                   embedding_sum=centres * size[:, None], cluster_size=size)
-        state['vq_ema'] = _replace(state['vq_ema'], (MODULE,), ema)
-      else:  # simvq
-        w, bias = match_moments(state['simvq'][MODULE]['frozen_codebook'],
-                                centres)
-        state['params'] = _replace(state['params'],
-                                   (MODULE, 'codebook_map'),
-                                   {'kernel': w, 'bias': bias})
-    elif kind == 'pca':
-      p = state['pca'][MODULE]
-      q = p['basis'].shape[-1]
-      x = pca_samples(b.get('mode', 'spatial'), z)
-      mean, basis, variances = pca_lib.exact_pca(x, q)
-      total = jnp.sum(jnp.var(x, axis=-2), axis=-1)
-      stats['warmup/pca_explained_variance'] = jnp.mean(
-          jnp.sum(variances, -1) / jnp.maximum(total, 1e-12))
-      stats['warmup/pca_samples'] = jnp.asarray(x.shape[-2], jnp.float32)
-      state['pca'] = _replace(state['pca'], (MODULE,), dict(
-          p, basis=basis.astype(p['basis'].dtype),
-          mean=mean.astype(p['mean'].dtype),
-          coef_var=variances.astype(p['coef_var'].dtype)))
-    state[COLLECTION] = _replace(state[COLLECTION], ('active',),
-                                 jnp.ones((), jnp.int32))
-    return state, stats
+    own = {col: tree[MODULE] for col, tree in variables.items()
+           if isinstance(tree, Mapping) and MODULE in tree}
+    stats, initialised = bottleneck.apply(
+        own, z, key, len(latents), iters,
+        method=type(bottleneck).warmup_init, mutable=True)
+    variables = dict(variables)
+    for col, tree in initialised.items():
+      variables[col] = _replace(variables.get(col, {}), (MODULE,), tree)
+    variables[COLLECTION] = _replace(variables[COLLECTION], ('active',),
+                                     jnp.ones((), jnp.int32))
+    return variables, stats
 
   return switch
 
@@ -426,8 +318,7 @@ class Switch:
   """
 
   def __init__(self, model, config: ml_collections.ConfigDict, mesh,
-               state_sharding: Any,
-               collections_of: Callable[[State], Dict[str, Any]]):
+               state_sharding: Any):
     self.config = config
     self.mesh = mesh
     self.step = configlib.warmup_steps(config)   # fixed step, or the cap
@@ -435,12 +326,19 @@ class Switch:
     self.auto = adaptive(config)
 
     def encode(state: State, images: Array) -> Array:
-      variables = {'params': state['params'], **collections_of(state)}
-      return model.apply(variables, images, method=lambda m, x: m.encode(x))
+      return model.apply(train_state.variables_of(state), images,
+                         method=lambda m, x: m.encode(x))
+
+    switch_variables = make_switch_fn(config)
+
+    def switch(state: State, latents: Sequence[Array], key: Array):
+      variables, stats = switch_variables(train_state.variables_of(state),
+                                          latents, key)
+      return train_state.with_variables(state, variables), stats
 
     self._encode = jax.jit(encode)
     self._replicated = sharding.replicated(mesh)
-    self._switch = jax.jit(make_switch_fn(config),
+    self._switch = jax.jit(switch,
                            out_shardings=(state_sharding, self._replicated),
                            donate_argnums=(0,))
     if self.auto:
@@ -467,7 +365,7 @@ class Switch:
     """Eigenvalues of the covariance of the probe set's z_e token vectors."""
     if self._probe is None:
       self._probe = self._batches(source, 0, self.num_batches)
-    z = np.concatenate([evaluators.gather(self._encode(state, x))
+    z = np.concatenate([sharding.gather(self._encode(state, x))
                         for x in self._probe])
     z = z.reshape(-1, z.shape[-1])
     return np.square(analysis.singular_values(z)) / z.shape[0]
@@ -504,7 +402,8 @@ class Switch:
     statistics hold `warmup/switch_step` when it switched."""
     if not self.auto:
       return self.switch(state, source, step, REASON_FIXED)
-    if int(jax.device_get(state[COLLECTION]['active'])):
+    if int(jax.device_get(
+        train_state.collections_of(state)[COLLECTION]['active'])):
       return state, {}   # resumed after the switch
     state, stats, met = self.check(state, source, step)
     if met or step == self.step:

@@ -14,6 +14,7 @@ from pcavae import analysis
 from pcavae import bits
 from pcavae import configlib
 from pcavae import train
+from pcavae.models import coding
 from pcavae.models import pca
 
 
@@ -100,13 +101,13 @@ def test_bad_quantization_keys_are_rejected(arg, overrides, match):
 def test_gaussian_steps_match_max_1960():
   # Optimum uniform quantizer steps for a unit Gaussian (Max 1960, Table II).
   for b, step in [(1, 1.596), (2, 0.9957), (3, 0.5860), (4, 0.3352)]:
-    assert bits.gaussian_uniform_step(b) == pytest.approx(step, abs=1e-3)
+    assert coding.gaussian_uniform_step(b) == pytest.approx(step, abs=1e-3)
   # And it is a minimum of the MSE.
   for b in (2, 6):
-    s = bits.gaussian_uniform_step(b)
-    mse = bits._gaussian_uniform_mse(s, 2 ** b)  # pylint: disable=protected-access
+    s = coding.gaussian_uniform_step(b)
+    mse = coding._gaussian_uniform_mse(s, 2 ** b)  # pylint: disable=protected-access
     for f in (0.97, 1.03):
-      assert bits._gaussian_uniform_mse(s * f, 2 ** b) > mse  # pylint: disable=protected-access
+      assert coding._gaussian_uniform_mse(s * f, 2 ** b) > mse  # pylint: disable=protected-access
 
 
 def test_quantize_dequantize_error_within_half_a_step():
@@ -114,11 +115,11 @@ def test_quantize_dequantize_error_within_half_a_step():
   shape = (500, 6)
   sigma = rng.uniform(0.1, 3.0, shape[1:]).astype(np.float32)
   nbits = np.array([0, 1, 2, 4, 8, 16], np.int32)
-  step = np.asarray(bits.quantizer_steps(sigma, nbits))
+  step = np.asarray(coding.quantizer_steps(sigma, nbits))
   half_range = step * 2.0 ** nbits / 2
   # Inside the quantizer's range (b = 0 has none: it sends nothing).
   y = rng.uniform(-1, 1, shape).astype(np.float32) * half_range
-  symbols, y_hat = bits.quantize(y, sigma, nbits)
+  symbols, y_hat = coding.quantize(y, sigma, nbits)
   symbols, y_hat = np.asarray(symbols), np.asarray(y_hat)
   err = np.abs(y - y_hat)
   inside = nbits > 0
@@ -128,9 +129,9 @@ def test_quantize_dequantize_error_within_half_a_step():
   assert np.all(y_hat[:, ~inside] == 0)
   assert symbols.min() >= 0 and np.all(symbols < 2 ** nbits)
   np.testing.assert_array_equal(
-      np.asarray(bits.dequantize(symbols, sigma, nbits)), y_hat)
+      np.asarray(coding.dequantize(symbols, sigma, nbits)), y_hat)
   # Beyond the range: the outer level.
-  far_s, far = bits.quantize(np.full(shape[1:], 1e6, np.float32), sigma, nbits)
+  far_s, far = coding.quantize(np.full(shape[1:], 1e6, np.float32), sigma, nbits)
   np.testing.assert_array_equal(np.asarray(far_s), 2 ** nbits - 1)
   np.testing.assert_allclose(np.asarray(far)[inside],
                              (half_range - step / 2)[inside], rtol=1e-6)
@@ -139,10 +140,10 @@ def test_quantize_dequantize_error_within_half_a_step():
 def test_quantization_mse_matches_the_gaussian_optimum():
   y = np.random.default_rng(1).normal(size=(200_000,)).astype(np.float32) * 2
   for b in (2, 4):
-    _, y_hat = bits.quantize(y, 2.0, b)
+    _, y_hat = coding.quantize(y, 2.0, b)
     mse = float(np.mean(np.square(y - np.asarray(y_hat)))) / 4
-    assert mse == pytest.approx(bits._gaussian_uniform_mse(  # pylint: disable=protected-access
-        bits.gaussian_uniform_step(b), 2 ** b), rel=0.03)
+    assert mse == pytest.approx(coding._gaussian_uniform_mse(  # pylint: disable=protected-access
+        coding.gaussian_uniform_step(b), 2 ** b), rel=0.03)
 
 
 @pytest.mark.parametrize('seed,n,budget', [(0, 16, 40), (1, 64, 640),
@@ -150,29 +151,29 @@ def test_quantization_mse_matches_the_gaussian_optimum():
 def test_water_filling_allocation(seed, n, budget):
   rng = np.random.default_rng(seed)
   variances = np.exp(rng.normal(0, 2, n))
-  alloc = np.asarray(bits.allocate_bits(variances, budget))
+  alloc = np.asarray(coding.allocate_bits(variances, budget))
   assert alloc.dtype == np.int32 and alloc.shape == (n,)
   assert alloc.sum() == budget                       # spends exactly B
-  assert alloc.min() >= 0 and alloc.max() <= bits.MAX_COEFFICIENT_BITS
+  assert alloc.min() >= 0 and alloc.max() <= coding.MAX_COEFFICIENT_BITS
   order = np.argsort(-variances)                     # more variance, >= bits
   assert np.all(np.diff(alloc[order]) <= 0)
-  if budget < n * bits.MAX_COEFFICIENT_BITS:
+  if budget < n * coding.MAX_COEFFICIENT_BITS:
     _, rates = analysis.reverse_waterfilling(variances, budget)
     assert np.all(np.abs(alloc - rates) <= 1 + 1e-9)  # integer water-filling
   # Jitted with a static budget, and on a (L, Q) grid.
-  grid = np.asarray(jax.jit(bits.allocate_bits, static_argnums=1)(
+  grid = np.asarray(jax.jit(coding.allocate_bits, static_argnums=1)(
       variances.reshape(-1, 2), budget))
   np.testing.assert_array_equal(grid.reshape(-1), alloc)
 
 
 def test_allocation_edge_cases():
-  np.testing.assert_array_equal(np.asarray(bits.allocate_bits(
+  np.testing.assert_array_equal(np.asarray(coding.allocate_bits(
       np.ones(4), 0)), 0)
-  np.testing.assert_array_equal(np.asarray(bits.allocate_bits(
+  np.testing.assert_array_equal(np.asarray(coding.allocate_bits(
       [4.0, 1.0], 2)), [2, 0])                       # 4 * 4^-1 >= 1
-  assert int(bits.allocate_bits(np.zeros(3), 5).sum()) == 5
+  assert int(coding.allocate_bits(np.zeros(3), 5).sum()) == 5
   with pytest.raises(ValueError, match='budget'):
-    bits.allocate_bits(np.ones(2), 2 * bits.MAX_COEFFICIENT_BITS + 1)
+    coding.allocate_bits(np.ones(2), 2 * coding.MAX_COEFFICIENT_BITS + 1)
 
 
 def test_entropy_of_known_streams():
@@ -245,7 +246,7 @@ def _np_pca_latent(variables: dict, mode: str, z_e: np.ndarray,
 
 def _np_quantize(y: np.ndarray, sigma: np.ndarray, nbits: np.ndarray):
   """Midrise uniform quantizer written out: step s_b sigma, 2^b levels."""
-  steps = np.vectorize(bits.gaussian_uniform_step)(nbits) * sigma
+  steps = np.vectorize(coding.gaussian_uniform_step)(nbits) * sigma
   half = 2.0 ** nbits / 2
   symbols = np.clip(np.floor(y / steps) + half, 0, 2 * half - 1)
   return symbols.astype(np.int64), (symbols - half + 0.5) * steps

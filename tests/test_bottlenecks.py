@@ -161,3 +161,28 @@ def test_q_larger_than_dim_is_rejected():
   layer = bottlenecks.PCABottleneck(num_components=7, mode='spatial')
   with pytest.raises(ValueError, match='num_components'):
     layer.init(jax.random.PRNGKey(0), _h(), train=False)
+
+
+@pytest.mark.parametrize('kind,kwargs', [
+    ('vq', dict(codebook_size=16)),
+    ('ema_vq', dict(codebook_size=16)),
+    ('simvq', dict(codebook_size=16)),
+    ('vqgan_fc', dict(codebook_size=16)),
+    ('fsq', dict(levels=(5, 3))),
+    ('lfq', dict(code_dim=8)),
+    ('pca', dict(num_components=3, coefficient_bits=4)),
+    ('pca', dict(num_components=3, mode='shared', coefficient_bit_budget=60)),
+    ('pca', dict(num_components=5, mode='global', global_dim=12,
+                 coefficient_bits=4)),
+])
+def test_latent_from_symbols_is_the_eval_output(kind, kwargs):
+  """The codec's decoder half of each bottleneck: from `aux[symbol_key]`
+  back to the eval output (up to the straight-through term's ulp)."""
+  h = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 4, 8)) * 2
+  layer = bottlenecks.get(kind)(**kwargs)
+  variables = layer.init({'params': jax.random.PRNGKey(0)}, h, train=False)
+  out, aux = layer.apply(variables, h, train=False)
+  z = layer.apply(variables, aux[layer.symbol_key], aux.get('symbol_bits'),
+                  method=type(layer).latent_from_symbols)
+  np.testing.assert_allclose(np.asarray(z).reshape(out.shape), out,
+                             atol=1e-6)

@@ -20,6 +20,7 @@ from pcavae import viz
 from pcavae.data import image_folder
 from pcavae.data import photo_patches
 from pcavae.data import pipeline
+from pcavae.models import coding
 
 BUDGET = 24  # bits per 16 x 16 tile: 4 x 4 locations x 4 components
 
@@ -160,9 +161,9 @@ def test_gaussian_model_matches_the_quantizer():
   """The PCA entropy model is the quantizer's cell masses under N(0, 1)."""
   y = np.random.default_rng(0).normal(size=200_000).astype(np.float32)
   for b in (1, 3, 6):
-    symbols, _ = bits.quantize(y, 1.0, b)
+    symbols, _ = coding.quantize(y, 1.0, b)
     freq = np.bincount(np.asarray(symbols), minlength=2 ** b) / y.size
-    p = bits.gaussian_symbol_probabilities(b)
+    p = coding.gaussian_symbol_probabilities(b)
     assert p.shape == (2 ** b,) and abs(p.sum() - 1) < 1e-12
     np.testing.assert_allclose(freq, p, atol=4e-3)
 

@@ -6,15 +6,18 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import ROOT, tiny_config
+from pcavae import checkpointing
 from pcavae import configlib
 from pcavae import reconstruct
 from pcavae import tiling
 from pcavae import train
+from pcavae import train_state
 from pcavae import viz
 from pcavae import writers
 from pcavae.data import image_folder
@@ -83,6 +86,43 @@ def test_train_and_evaluate_writes_outputs_and_resumes(tmp_path):
       diff = np.abs(written.astype(int) - own_output(image).astype(int))
       assert diff.max() <= 1, (name, full_size, diff.max())
       assert written.std() > 0
+
+
+def test_resume_reads_checkpoints_of_the_earlier_state_layout(tmp_path):
+  """A run whose checkpoints hold each collection at the top level of the
+  train state (before `train_state.COLLECTIONS`) resumes."""
+  config = tiny_config(num_train_steps=3, **{'eval.lpips': False})
+  new = str(tmp_path / 'new')
+  train.train_and_evaluate(config, new)
+  _, _, variables, _ = train.restore_model(new)
+  old = str(tmp_path / 'old')
+  with open(os.path.join(new, 'config.json')) as f:
+    saved_config = f.read()
+  os.makedirs(old)
+  with open(os.path.join(old, 'config.json'), 'w') as f:
+    f.write(saved_config)
+  ckpt = checkpointing.Checkpointer(os.path.join(new, 'checkpoints'))
+  state, step = ckpt.restore_latest(checkpointing.abstract(
+      _abstract_state(config)))
+  ckpt.close()
+  legacy = train_state.to_legacy_layout(state)
+  assert 'pca' in legacy and train_state.COLLECTIONS not in legacy
+  ckpt = checkpointing.Checkpointer(os.path.join(old, 'checkpoints'))
+  ckpt.save(step, legacy)
+  ckpt.close()
+  _, _, restored, restored_step = train.restore_model(old)
+  assert restored_step == 3
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables),
+               jax.device_get(restored))
+  config.num_train_steps = 4
+  assert train.train_and_evaluate(config, old)['step'] == 4
+
+
+def _abstract_state(config):
+  model = train.create_model(config)
+  tx, _ = train.make_optimizer(config)
+  return jax.eval_shape(train.make_init_fn(model, tx, config),
+                        jax.random.PRNGKey(0))
 
 
 @pytest.mark.parametrize('key,value,match', [

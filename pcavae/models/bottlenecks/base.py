@@ -1,0 +1,213 @@
+"""The bottleneck base class and the name -> class registry.
+
+Every bottleneck is a Flax module called as `bottleneck(h, train, lr=...)` on
+an NHWC encoder output and returns `(h_hat, aux)`: `h_hat` has the shape of
+`h` and `aux` is a dict of named arrays (`loss`, the bottleneck's own loss
+term, always present; `coefficients` or `codes`; statistics). Training may
+mutate only non-`params` collections; `train=False` mutates nothing.
+
+`lr` is the optimizer's current learning rate. Only a bottleneck whose own
+update follows it (the PCA layer, whose Hebbian rate the reference ties to
+the optimizer's) overrides `__call__` to take it; every other one implements
+`forward(h, train)`, which the base `__call__` calls.
+
+Each class also owns the facts the rest of the package asks of it, so that a
+new bottleneck is one module, one `register` and one config:
+
+  validate(latent_shape)   its constructor arguments, errors naming the key
+  latent_bits(shape)       bits per image of its latent (`pcavae.bits`)
+  num_codes                K of a discrete latent, else None
+  warmup_applies           whether the AE warm-up applies (`pcavae.warmup`)
+  per_image_loss           whether its loss is per image (the trainer scales)
+  check_warmup(setting)    warm-up settings it cannot take
+  warmup_init(...)         its initialisation from encoder latents at the
+                           warm-up switch, run through `apply(method=...)`
+  symbol_key               the `aux` entry holding what the codec codes
+  latent_from_symbols(...) the decoder's half (`pcavae.codec`)
+"""
+
+import math
+from typing import Callable, ClassVar, Dict, Optional, Tuple, Type
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pcavae import analysis
+from pcavae.metrics import codebook as codebook_metrics
+
+Array = jax.Array
+Aux = Dict[str, Array]
+LatentShape = Tuple[int, int, int]   # (h, w, D) of the encoder output
+
+# How config errors name a bottleneck argument.
+KEY = 'config.model.bottleneck.'
+
+_REGISTRY: Dict[str, Type['Bottleneck']] = {}
+
+
+def register(name: str) -> Callable[[Type['Bottleneck']], Type['Bottleneck']]:
+  """Class decorator: makes the class `config.model.bottleneck.kind=name`."""
+  def wrap(cls):
+    _REGISTRY[name] = cls
+    return cls
+  return wrap
+
+
+def get(kind: str) -> Type['Bottleneck']:
+  """Returns the bottleneck class registered as `kind`."""
+  if kind not in _REGISTRY:
+    raise ValueError(
+        f'config.model.bottleneck.kind={kind!r} is not a known bottleneck; '
+        f'choose one of {sorted(_REGISTRY)}.')
+  return _REGISTRY[kind]
+
+
+def names() -> Tuple[str, ...]:
+  return tuple(sorted(_REGISTRY))
+
+
+def warmup_kinds() -> Tuple[str, ...]:
+  """The registered kinds the AE warm-up applies to."""
+  return tuple(n for n in names() if _REGISTRY[n].warmup_applies)
+
+
+class Bottleneck(nn.Module):
+  """Base of every bottleneck (module docstring)."""
+
+  # Whether the AE warm-up (train as a plain autoencoder, then switch the
+  # bottleneck on) applies: not to a bottleneck that does not quantize.
+  warmup_applies: ClassVar[bool] = True
+  # The `aux` entry of the eval output that the codec entropy-codes, None
+  # for a continuous latent with no finite code.
+  symbol_key: ClassVar[Optional[str]] = None
+  # Whether `aux['loss']` is per image (summed over the latent, as latent
+  # diffusion's KL) rather than in the units of a per-element mean: the
+  # trainer then scales it (`train.bottleneck_loss_scale`).
+  per_image_loss: ClassVar[bool] = False
+
+  def __call__(self, h: Array, train: bool, lr: Optional[Array] = None
+               ) -> Tuple[Array, Aux]:
+    del lr  # Only a bottleneck that overrides `__call__` follows the rate.
+    return self.forward(h, train)
+
+  def forward(self, h: Array, train: bool) -> Tuple[Array, Aux]:
+    raise NotImplementedError(type(self).__name__)
+
+  # -- facts -----------------------------------------------------------------
+
+  def validate(self, latent_shape: LatentShape) -> None:
+    """Raises ValueError naming the first bad argument (`KEY` + name)."""
+    del latent_shape
+
+  @property
+  def num_codes(self) -> Optional[int]:
+    """K, the (implicit) codebook size of a discrete latent, else None."""
+    return None
+
+  def num_tokens(self, latent_shape: LatentShape) -> int:
+    """Latent locations per image."""
+    h, w, _ = latent_shape
+    return h * w
+
+  def bits_per_token(self, latent_dim: int) -> float:
+    """Bits of one location of the latent as reconstructed at eval."""
+    raise NotImplementedError(type(self).__name__)
+
+  def latent_bits(self, latent_shape: LatentShape) -> int:
+    """Bits per image of the latent as reconstructed (`pcavae.bits`)."""
+    # The epsilon keeps float noise (e.g. 64 * log2(1024)) from rounding up.
+    return int(math.ceil(self.num_tokens(latent_shape)
+                         * self.bits_per_token(latent_shape[-1]) - 1e-9))
+
+  def check_warmup(self, setting: str) -> None:
+    """Raises ValueError if the AE warm-up `setting` (the key as written,
+    e.g. `config.model.bottleneck.warmup_steps=5`) cannot apply."""
+    del setting
+
+  def warmup_init(self, latents: Array, key: Array, num_batches: int,
+                  kmeans_iters: int) -> Aux:
+    """Initialises the bottleneck's variables from encoder latents at the
+    AE warm-up switch (`put_variable`; run with `mutable=True`).
+
+    Args:
+      latents: NHWC encoder outputs of `num_batches` batches, concatenated.
+      key: PRNG key (k-means seeding).
+      num_batches: how many batches `latents` holds.
+      kmeans_iters: Lloyd iterations of a k-means initialisation.
+
+    Returns:
+      Scalar statistics (`warmup/...`); this default (a fixed grid, nothing
+      to initialise) changes nothing and returns none.
+    """
+    del latents, key, num_batches, kmeans_iters
+    return {}
+
+  def latent_from_symbols(self, symbols: Array,
+                          symbol_bits: Optional[Array] = None) -> Array:
+    """The eval output from the symbols `aux[symbol_key]` (the codec's
+    decoder): `(B, H, W, D)` (`(B, N)` for a latent that is one vector)."""
+    raise NotImplementedError(
+        f'{type(self).__name__} has no finite code to decode.')
+
+
+# ---------------------------------------------------------------------------
+# Helpers of several families.
+# ---------------------------------------------------------------------------
+
+
+def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), -1,
+                                               keepdims=True), eps * eps))
+
+
+def dense(params: Dict[str, Array], x: Array, precision=None) -> Array:
+  """Applies a restored `nn.Dense` layer's `kernel`, `bias` as flax does
+  (from inside another module's method too: `parent=None` keeps it unbound)."""
+  features = params['kernel'].shape[-1]
+  return nn.Dense(features, dtype=jnp.float32, precision=precision,
+                  parent=None).apply({'params': params}, x)
+
+
+def kmeans_codebook(x: Array, k: int, key: Array, iters: int
+                    ) -> Tuple[Array, Array, Aux]:
+  """`(centres, hits per code, statistics)`: k-means (`analysis.kmeans`)
+  of the `(n, d)` lookup vectors `x` into `k` codes."""
+  centres, assignment = analysis.kmeans(key, x, k=k, num_iters=iters)
+  counts = jax.ops.segment_sum(jnp.ones(assignment.shape, jnp.float32),
+                               assignment, num_segments=k)
+  err = jnp.mean(jnp.sum(jnp.square(x - centres[assignment]), -1))
+  var = jnp.mean(jnp.sum(jnp.square(x - jnp.mean(x, 0)), -1))
+  return centres, counts, {
+      'warmup/kmeans_samples': jnp.asarray(x.shape[0], jnp.float32),
+      'warmup/kmeans_used_codes': jnp.sum(counts > 0).astype(jnp.float32),
+      'warmup/kmeans_distortion': err,
+      'warmup/kmeans_relative_distortion': err / jnp.maximum(var, 1e-12),
+  }
+
+
+def flat_vectors(latents: Array) -> Array:
+  """NHWC latents -> `(n, D)` float32 token vectors."""
+  return latents.reshape(-1, latents.shape[-1]).astype(jnp.float32)
+
+
+def check_optional(check: Callable[..., None], value, name: str, *args
+                   ) -> None:
+  """`check(value, KEY + name, *args)` unless `value` is None."""
+  if value is not None:
+    check(value, KEY + name, *args)
+
+
+def batch_code_stats(codes: Array, num_codes: int) -> Aux:
+  hist = codebook_metrics.code_histogram(codes, num_codes)
+  return {'codebook_usage': codebook_metrics.usage(hist),
+          'perplexity': codebook_metrics.perplexity(hist)}
+
+
+def straight_through(z: Array, q: Array) -> Array:
+  """`z + sg(q - z)`: forward value `q`, gradient of the identity to `z`."""
+  return z + jax.lax.stop_gradient(q - z)
+
+
+def flatten(h: Array) -> Tuple[Array, Tuple[int, ...]]:
+  return h.reshape(-1, h.shape[-1]), h.shape[:-1]

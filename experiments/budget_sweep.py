@@ -276,18 +276,22 @@ def evaluate_setting(cell: Dict, setting: Dict, out: str, record: Dict
     # What training's final eval measured, with the same eval config.
     metrics = record['final']
   else:
-    config, _, variables, _ = train.restore_model(workdir)
+    config, _, variables, step = train.restore_model(workdir)
     config = copy.deepcopy(config)
     b = config.model.bottleneck
     b.coefficient_bits = setting.get('coefficient_bits', bits.FLOAT_BITS)
     b.coefficient_bit_budget = setting.get('coefficient_bit_budget')
+    # Training's evals saved the spectra; the settings change only the codes.
+    config.eval.units = tuple(u for u in configlib.eval_units(config)
+                              if u != 'spectra')
     configlib.validate(config)
     model = train.create_model(config)
     evaluator = evaluators.Evaluator(
         model, config, sharding.make_mesh(config), out,
         lambda s: {k: v for k, v in s.items() if k != 'params'})
     splits = data.get_splits(config.dataset, config.resolution)
-    metrics, grid = evaluator(variables, splits.eval)
+    metrics, images = evaluator(variables, splits.eval, step)
+    grid = images['reconstructions']
     os.makedirs(os.path.join(out, 'grids'), exist_ok=True)
     from PIL import Image  # pylint: disable=g-import-not-at-top
     Image.fromarray(grid).save(os.path.join(

@@ -7,7 +7,7 @@ fails in a second rather than after compilation.
 
 import dataclasses
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import ml_collections
 
@@ -22,6 +22,9 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('exponential', 'cosine', 'constant')
 CONV_ALGORITHMS = ('auto', 'direct', 'winograd')
 RECONSTRUCTION_LOSSES = losses.RECONSTRUCTION_CHOICES
+# The evaluators `config.eval.units` may list (pcavae/evaluators.py, which
+# maps each name to its class); a saved config without the key ran them all.
+EVAL_UNITS = ('reconstruction', 'codes', 'rfid', 'spectra')
 
 
 # Keys of `config.model.bottleneck` that configure the trainer's AE warm-up
@@ -51,6 +54,23 @@ def latent_shape(config: ml_collections.ConfigDict):
   """`(h, w, D)` of the encoder output."""
   r = config.resolution // (2 ** len(config.model.channels))
   return (r, r, config.model.latent_dim)
+
+
+def eval_units(config: ml_collections.ConfigDict) -> Tuple[str, ...]:
+  """The names in `config.eval.units`, in order; raises ValueError naming
+  the key on an unknown or repeated name."""
+  units = config.eval.get('units', EVAL_UNITS)
+  if isinstance(units, str) or not isinstance(units, (list, tuple)):
+    raise ValueError(f'config.eval.units={units!r} must be a list of '
+                     f'evaluator names from {EVAL_UNITS}.')
+  for name in units:
+    if name not in EVAL_UNITS:
+      raise ValueError(f'config.eval.units: unknown evaluator {name!r}; '
+                       f'choose from {EVAL_UNITS}.')
+  if len(set(units)) < len(units):
+    raise ValueError(f'config.eval.units={tuple(units)!r} names an evaluator '
+                     'twice.')
+  return tuple(units)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -105,6 +125,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_warmup(config)
   _validate_loss(config)
 
+  eval_units(config)
   data.validate_dataset_config(config.dataset, config.resolution)
 
 

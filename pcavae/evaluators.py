@@ -83,6 +83,8 @@ def gather(x: jax.Array) -> np.ndarray:
 
 
 def latents(m, x):
+  """The encoder and bottleneck outputs of `x` in eval mode (a method for
+  `model.apply`), with the bottleneck's codes, codebook and PCA input."""
   z = m.encode(x)
   z_q, aux = m.quantize(z.astype(jnp.float32), False)
   out = {'z_e': z, 'z_q': z_q}
@@ -116,6 +118,15 @@ def make_predict_fns(model, collections_of: Callable[[State], Dict]
   return {'reconstruct': jax.jit(reconstruct), 'latents': jax.jit(encode)}
 
 
+class Context(NamedTuple):
+  """What every unit is built from."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  workdir: str                              # fid_stats/, spectra/ go here
+  predict_fns: Dict[str, Callable]          # `make_predict_fns`
+  collections_of: Callable[[State], Dict]   # see `model_variables`
+
+
 class Batch(NamedTuple):
   """One batch of the shared pass over the eval split."""
   images: jax.Array           # global batch in [-1, 1], padding included
@@ -126,8 +137,9 @@ class Batch(NamedTuple):
 
 
 class Unit(abc.ABC):
-  """One evaluator. The trainer calls `start`, then `update` with each batch
-  of the shared pass if `uses_eval_pass`, then `results`."""
+  """One evaluator, built from a `Context`. At each eval `Evaluator` calls
+  `start`, then `update` with each batch of the shared pass if
+  `uses_eval_pass`, then `results`."""
 
   uses_eval_pass = True
 
@@ -157,15 +169,12 @@ def _quality(images: jax.Array, recon: jax.Array) -> Dict[str, jax.Array]:
 class Reconstruction(Unit):
   """PSNR, SSIM and LPIPS per image, averaged; the reconstruction grid."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh, workdir: str,
-               predict_fns: Dict[str, Callable],
-               collections_of: Callable[[State], Dict]):
-    del workdir, collections_of
-    self.config = config
-    self.mesh = mesh
-    self.predict = predict_fns['reconstruct']
+  def __init__(self, context: Context):
+    self.config = context.config
+    self.mesh = context.mesh
+    self.predict = context.predict_fns['reconstruct']
     self.quality = jax.jit(_quality)
-    self.use_lpips = config.eval.get('lpips', True)
+    self.use_lpips = self.config.eval.get('lpips', True)
     if self.use_lpips:
       self._lpips_params = metrics.load_lpips_params('alex')
       self.lpips_step = jax.jit(lambda p, x, y: metrics.lpips_apply(
@@ -221,14 +230,11 @@ class Reconstruction(Unit):
 class Codes(Unit):
   """The latent's nominal bits; the code histogram and entropy-coded bits."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh, workdir: str,
-               predict_fns: Dict[str, Callable],
-               collections_of: Callable[[State], Dict]):
-    del mesh, workdir, predict_fns, collections_of
+  def __init__(self, context: Context):
     # K of a discrete bottleneck (VQ family, FSQ, LFQ): its code histogram
     # over the whole split gives eval/codebook_usage, _perplexity, dead_codes.
-    self.num_codes = bits.num_codes(config)
-    self.bits_per_image = bits.latent_bits(config)
+    self.num_codes = bits.num_codes(context.config)
+    self.bits_per_image = bits.latent_bits(context.config)
 
   def start(self, state: State, source, step: int) -> None:
     del state, source, step
@@ -268,13 +274,10 @@ class Codes(Unit):
 class Rfid(Unit):
   """rFID of the first `config.eval.rfid_num_images` eval images."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh, workdir: str,
-               predict_fns: Dict[str, Callable],
-               collections_of: Callable[[State], Dict]):
-    del mesh, predict_fns, collections_of
-    self.config = config
-    self.workdir = workdir
-    self.rfid_images = int(config.eval.get('rfid_num_images', 0) or 0)
+  def __init__(self, context: Context):
+    self.config = context.config
+    self.workdir = context.workdir
+    self.rfid_images = int(self.config.eval.get('rfid_num_images', 0) or 0)
     if self.rfid_images:
       # Loads (or fails naming the conversion command) before training.
       self.inception = metrics.make_inception_features()
@@ -374,16 +377,14 @@ class Spectra(Unit):
 
   uses_eval_pass = False
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh, workdir: str,
-               predict_fns: Dict[str, Callable],
-               collections_of: Callable[[State], Dict]):
-    self.config = config
-    self.mesh = mesh
-    self.workdir = workdir
-    self.collections_of = collections_of
-    self.num_images = int(config.eval.get('spectra_num_images', 0) or 0)
-    self.threshold = float(config.eval.get('spectra_threshold', 0.99))
-    self.step_fn = predict_fns['latents']
+  def __init__(self, context: Context):
+    self.config = context.config
+    self.mesh = context.mesh
+    self.workdir = context.workdir
+    self.collections_of = context.collections_of
+    self.num_images = int(self.config.eval.get('spectra_num_images', 0) or 0)
+    self.threshold = float(self.config.eval.get('spectra_threshold', 0.99))
+    self.step_fn = context.predict_fns['latents']
 
   def directory(self) -> str:
     return os.path.join(self.workdir, SPECTRA_DIR)
@@ -427,7 +428,7 @@ class Spectra(Unit):
       spectra['codebook_used'] = (
           analysis.singular_values(codebook[used]) if used.size > 1
           else np.zeros((1,)))
-    pca_state = self.collections_of(state).get('pca')
+    pca_state = model_variables(state, self.collections_of).get('pca')
     if pca_state is not None:
       leaves = {}
       for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:
@@ -514,10 +515,10 @@ class Evaluator:
     self.config = config
     self.mesh = mesh
     self.predict_fns = make_predict_fns(model, collections_of)
+    context = Context(config, mesh, workdir, self.predict_fns, collections_of)
     # Built now: a unit's networks load (or fail) before training.
-    self.units: List[Unit] = [
-        UNITS[name](config, mesh, workdir, self.predict_fns, collections_of)
-        for name in configlib.eval_units(config)]
+    self.units: List[Unit] = [UNITS[name](context)
+                              for name in configlib.eval_units(config)]
 
   def batches(self, state: State, source) -> Iterator[Batch]:
     """The shared pass: the model's reconstruction of each eval batch."""

@@ -110,6 +110,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.loss.adaptive_weight_max = 1e4
 
   c.eval = ml_collections.ConfigDict()
+  # The evaluators run at every eval, in this order (pcavae/evaluators.py):
+  # PSNR/SSIM/LPIPS and the grid, bits and code statistics, rFID, spectra.
+  c.eval.units = ('reconstruction', 'codes', 'rfid', 'spectra')
   c.eval.batch_size = 64
   c.eval.num_examples = -1               # -1: the whole eval split
   c.eval.grid_size = 8                   # images in the reconstruction grid

@@ -9,7 +9,7 @@ import dataclasses
 import importlib.util
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import ml_collections
 
@@ -26,6 +26,9 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('exponential', 'cosine', 'constant')
 CONV_ALGORITHMS = ('auto', 'direct', 'winograd')
 RECONSTRUCTION_LOSSES = losses.RECONSTRUCTION_CHOICES
+# The evaluators `config.eval.units` may list (pcavae/evaluators.py, which
+# maps each name to its class); a saved config without the key ran them all.
+EVAL_UNITS = ('reconstruction', 'codes', 'rfid', 'spectra')
 
 
 # Keys of `config.model.bottleneck` that configure the trainer's AE warm-up
@@ -90,6 +93,23 @@ def latent_shape(config: ml_collections.ConfigDict):
   return (r, r, config.model.latent_dim)
 
 
+def eval_units(config: ml_collections.ConfigDict) -> Tuple[str, ...]:
+  """The names in `config.eval.units`, in order; raises ValueError naming
+  the key on an unknown or repeated name."""
+  units = config.eval.get('units', EVAL_UNITS)
+  if isinstance(units, str) or not isinstance(units, (list, tuple)):
+    raise ValueError(f'config.eval.units={units!r} must be a list of '
+                     f'evaluator names from {EVAL_UNITS}.')
+  for name in units:
+    if name not in EVAL_UNITS:
+      raise ValueError(f'config.eval.units: unknown evaluator {name!r}; '
+                       f'choose from {EVAL_UNITS}.')
+  if len(set(units)) < len(units):
+    raise ValueError(f'config.eval.units={tuple(units)!r} names an evaluator '
+                     'twice.')
+  return tuple(units)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key of `config`."""
   for key in _POSITIVE_INTS:
@@ -131,6 +151,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_warmup(config, bottleneck)
   _validate_loss(config)
 
+  eval_units(config)
   data.validate_dataset_config(config.dataset, config.resolution)
 
 

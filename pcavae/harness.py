@@ -21,6 +21,7 @@ from pcavae import data
 from pcavae import evaluators
 from pcavae import sharding
 from pcavae import train
+from pcavae import train_state
 
 # The checkout the package runs from (it is installed editable): `configs/`
 # sits beside `pcavae/`, and the experiments write under `workdirs/`.
@@ -106,16 +107,22 @@ def evaluate(workdir: str, bottleneck: Optional[Mapping[str, Any]] = None,
     `(metrics, grid)`: the `eval/...` metrics and the image grid (held-out
     originals over reconstructions, uint8).
   """
-  config, _, variables, _ = train.restore_model(workdir)
+  config, _, variables, step = train.restore_model(workdir)
   config = copy.deepcopy(config)
   for key, value in (bottleneck or {}).items():
     config.model.bottleneck[key] = value
+  # Training's evals saved the spectra; a bottleneck override changes only
+  # the codes.
+  config.eval.units = tuple(u for u in configlib.eval_units(config)
+                            if u != 'spectra')
   configlib.validate(config)
   model = train.create_model(config)
   evaluator = evaluators.Evaluator(model, config, sharding.make_mesh(config),
                                    stats_dir or workdir, train.collections_of)
   splits = data.get_splits(config.dataset, config.resolution)
-  return evaluator(variables, splits.eval)
+  metrics, images = evaluator(train_state.with_variables({}, variables),
+                              splits.eval, step)
+  return metrics, images['reconstructions']
 
 
 def fmt(value: Any, spec: str) -> str:

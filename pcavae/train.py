@@ -453,7 +453,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Loads the metric networks now, so a missing weight file fails early.
   evaluator = evaluators.Evaluator(model, config, mesh, workdir,
                                    collections_of)
-  spectra = evaluators.Spectra(model, config, mesh, workdir, collections_of)
 
   abstract_state = jax.eval_shape(init_fn, rng)
   state_sharding = sharding.state_shardings(abstract_state, mesh, config)
@@ -498,20 +497,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   switch_stats: Dict[str, float] = {}
 
   def run_eval(step: int) -> Dict[str, float]:
-    t0 = time.perf_counter()
-    results, grid = evaluator(state, splits.eval)
-    results['eval/seconds'] = time.perf_counter() - t0
-    if spectra.enabled:  # timed on its own: eval/seconds_spectra
-      values, plots = spectra(state, splits.eval, step)
-      results.update(values)
-      for name, plot in plots.items():
-        writer.write_image(step, name, plot)
+    results, images = evaluator(state, splits.eval, step)
     for name, value in collections_stats(state).items():
       results[name] = value
     writer.write_scalars(step, results)
-    path = writer.write_image(step, 'reconstructions', grid)
-    logging.info('eval step %d: %s (grid %s)', step,
-                 {k: round(v, 4) for k, v in results.items()}, path)
+    paths = [writer.write_image(step, name, image)
+             for name, image in images.items()]
+    logging.info('eval step %d: %s (images %s)', step,
+                 {k: round(v, 4) for k, v in results.items()}, paths)
     return results
 
   total = config.num_train_steps

@@ -77,6 +77,8 @@ def _parse(args):
     ('pcavae.py', 'model.bottleneck.coefficient_bit_budget', '256', 256),
     ('ema_vq.py', 'model.bottleneck.dead_code_threshold', '0.03', 0.03),
     ('ae.py', 'dataset.path', '/data/x', '/data/x'),
+    ('vqvae.py:runlocal', 'eval.units', "('reconstruction','codes')",
+     ('reconstruction', 'codes')),
 ])
 def test_placeholder_keys_can_be_set_by_flag(spec, key, text, expected):
   config = _parse([f'--config={os.path.join(ROOT, "configs", spec)}',

@@ -137,6 +137,7 @@ def _abstract_state(config):
     ('dataset.name', 'imagenet', 'config.dataset.name'),
     ('compute_dtype', 'float16', 'config.compute_dtype'),
     ('model.conv_algorithm', 'fft', 'config.model.conv_algorithm'),
+    ('eval.units', ('reconstruction', 'psnr'), 'config.eval.units'),
 ])
 def test_invalid_configs_fail_before_compute_naming_the_key(
     tmp_path, key, value, match):

@@ -266,9 +266,11 @@ def orthonormalize(basis: Array, eps: float = 1e-8,
                                         lambda _, carry: body(carry), init)
   else:
     x, g, err, _, _ = jax.lax.while_loop(cond, body, init)
+  # The last update outside the cond: the cond keeps the shape it had
+  # before issue 19 (eigh or pass-through) for a basis split over devices.
+  x = update(x, g)
   x = jax.lax.cond(err > _NS_FINAL,
-                   lambda: _orthonormalize_eigh(c, eps),
-                   lambda: update(x, g))
+                   lambda: _orthonormalize_eigh(c, eps), lambda: x)
   return x.astype(basis.dtype)
 
 

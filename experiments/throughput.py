@@ -4,6 +4,11 @@ share of the step.
   python experiments/throughput.py --out=out/throughput            # CPU, 64 px
   python experiments/throughput.py --sizes=64,256 --dtypes=float32,bfloat16 \
     --out=out/throughput_gpu                                        # a GPU
+  python experiments/throughput.py --kinds=pca:sanger,pca:reference,identity
+
+A kind may carry options after colons: the PCA tracker (`pca:sanger`, the
+default of configs/pcavae.py, `pca:reference`, `pca:subspace`), a conv
+algorithm (`identity:direct`) and, on several devices, `pca:replicated`.
 
 For each (resolution, compute dtype) it builds the `spatial16` setting of
 configs/pcavae.py (channels 128, 256; D = 256; 16x16 latent at 64 px) with
@@ -11,7 +16,8 @@ batch 16 and times, each as the median of `--steps` calls after compilation:
 
   train/<bottleneck>   one jitted, donated train step (forward, backward, Adam,
                        the bottleneck's own update) with the PCA bottleneck
-                       (Q = 256), `vq` with K = 8192 (when registered), and the
+                       (Q = 256, tracker per kind), `vq` with K = 8192
+                       (when registered), and the
                        identity, at the same latent shape: the bottleneck's
                        share of the step is (t_kind - t_identity) / t_kind.
                        The kinds are compiled first and then timed in
@@ -53,19 +59,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(res: int, dtype: str, spec: str, batch: int):
-  """`spec` is a bottleneck kind, optionally followed by `:conv_algorithm`
-  (`config.model.conv_algorithm`) and/or `:replicated` (a spatial PCA's
-  state replicated over the devices, `config.mesh.pca_locations=False`)."""
+  """`spec` is a bottleneck kind, optionally followed by `:`-separated
+  options: a PCA tracker (`pca:sanger`, the default, `pca:reference`, the
+  OPCA-VAE rule as configs/pcavae.py's `reference` flag sets it, or
+  `pca:subspace`), a conv algorithm (`config.model.conv_algorithm`: `direct`,
+  `winograd`, `auto`) and/or `replicated` (a spatial PCA's state replicated
+  over the devices, `config.mesh.pca_locations=False`)."""
   from pcavae import configlib  # pylint: disable=g-import-not-at-top
-  c = configlib.load(os.path.join(ROOT, 'configs', 'pcavae.py') +
-                     ':setting=spatial16')
+  from pcavae.models import bottlenecks  # pylint: disable=g-import-not-at-top
+  kind, *options = spec.split(':')
+  arg = ':setting=spatial16' + (',reference' if 'reference' in options
+                                else '')
+  c = configlib.load(os.path.join(ROOT, 'configs', 'pcavae.py') + arg)
   c.resolution = res
   c.batch_size = batch
   c.compute_dtype = dtype
-  kind, *options = spec.split(':')
   for option in options:
     if option == 'replicated':
       c.mesh.pca_locations = False
+    elif option in bottlenecks.PCA_TRACKERS:
+      if kind != 'pca':
+        raise ValueError(f'{spec!r}: a tracker is an option of `pca` only.')
+      c.model.bottleneck.tracker = option
     else:
       c.model.conv_algorithm = option
   if kind == 'identity':
@@ -96,14 +111,8 @@ def build_train(res, dtype, kind, batch):
   from pcavae import sharding, train  # pylint: disable=g-import-not-at-top
   config = _config(res, dtype, kind, batch)
   mesh = sharding.make_mesh(config)
-  model = train.create_model(config, mesh)
-  tx, schedule = train.make_optimizer(config)
-  init_fn = train.make_init_fn(model, tx, config)
-  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  shardings = sharding.state_shardings(abstract, mesh, config)
-  state = train.initialize(init_fn, jax.random.PRNGKey(0), shardings)
-  step_fn = train.jit_train_step(model, tx, schedule, config, mesh,
-                                 shardings)
+  built = train.new_training(config, mesh, jax.random.PRNGKey(0))
+  model, state, step_fn = built['model'], built['state'], built['train_step']
   batch_np = np.random.default_rng(0).uniform(
       -1, 1, (batch, res, res, 3)).astype(np.float32)
   x = jax.device_put(batch_np, sharding.batch_sharding(mesh))
@@ -173,7 +182,10 @@ def measure_pca_maintenance(config, basis, steps: int):
   t_check, _ = _time(lambda: check(basis), n)
   return {'orthonormalize_s': t_orth, 'orthonormalize_every': every,
           'check_s': t_check, 'check_every': check_every,
+          # every == 1: the step itself re-orthonormalises (in the median),
+          # and the drift check never runs between scheduled ones.
           'amortized_ms_per_step':
+              0.0 if every == 1 else
               1e3 * (t_orth / every + t_check / check_every)}
 
 
@@ -199,7 +211,9 @@ def main(argv=None):
                  help='Bottleneck kinds; `kind:direct` or `kind:winograd` '
                  'sets config.model.conv_algorithm for that entry, '
                  '`pca:replicated` replicates the PCA state over the '
-                 'devices instead of splitting it by location.')
+                 'devices instead of splitting it by location, '
+                 '`pca:sanger` (the default), `pca:reference` (the OPCA-VAE '
+                 'rule) or `pca:subspace` chooses the PCA tracker.')
   p.add_argument('--peak_tflops', type=float, default=0.0,
                  help='Peak dense TFLOP/s of the chip for MFU (e.g. 989 for '
                  'an H100 SXM in bf16); 0 skips MFU.')
@@ -265,8 +279,9 @@ def main(argv=None):
       for kind in kinds:
         # Against the identity with the same conv algorithm.
         name, *options = kind.split(':')
-        base = ':'.join(['identity'] + [o for o in options
-                                        if o != 'replicated'])
+        base = ':'.join(['identity'] + [
+            o for o in options
+            if o != 'replicated' and o not in bottlenecks.PCA_TRACKERS])
         if name != 'identity' and base in times:
           emit({'measurement': f'bottleneck_share/{kind}', 'resolution': res,
                 'dtype': dtype,

@@ -167,6 +167,28 @@ def jit_train_step(model, tx, schedule, config: ml_collections.ConfigDict,
       donate_argnums=(0,))
 
 
+def new_training(config: ml_collections.ConfigDict, mesh, rng: jax.Array
+                 ) -> Dict[str, Any]:
+  """Model, optimizer, a freshly initialised sharded state and the jitted
+  train step: `train_and_evaluate`'s sequence without checkpoints, data or
+  evaluators (for benchmarks, `experiments/throughput.py`).
+
+  Returns:
+    A dict with `model`, `tx`, `schedule`, `state`, `state_sharding` and
+    `train_step` (`jit_train_step`'s function of `(state, batch)`).
+  """
+  model = create_model(config, mesh)
+  tx, schedule = make_optimizer(config)
+  init_fn = make_init_fn(model, tx, config)
+  state_sharding = sharding.state_shardings(jax.eval_shape(init_fn, rng),
+                                            mesh, config)
+  return {'model': model, 'tx': tx, 'schedule': schedule,
+          'state': initialize(init_fn, rng, state_sharding),
+          'state_sharding': state_sharding,
+          'train_step': jit_train_step(model, tx, schedule, config, mesh,
+                                       state_sharding)}
+
+
 def bottleneck_loss_scale(config: ml_collections.ConfigDict,
                           image_shape: Tuple[int, ...]) -> float:
   """The factor on the bottleneck's `aux['loss']` in the training loss.

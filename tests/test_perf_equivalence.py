@@ -350,3 +350,33 @@ def test_tune_host_allocator_opt_outs(monkeypatch):
   monkeypatch.delenv('PCAVAE_MALLOC_TUNING')
   monkeypatch.setenv('MALLOC_ARENA_MAX', '4')
   assert not sharding.tune_host_allocator()
+
+
+@pytest.mark.parametrize('fixed', [False, True])
+@pytest.mark.parametrize('top', [1.05, 2.9, 12.0])
+def test_orthonormalize_after_a_large_step_is_the_polar_factor(fixed, top):
+  """Issue 19: Newton-Schulz starts at lambda_max <= 1.8 (not 1) and ends
+  with one update past an error bound of 1e-3 without forming its Gram
+  matrix. A basis whose Gram spectrum spans [0.9, top] (a rate-0.1 `sanger`
+  step gives about [0.9, 3]; 12 at the first step from a random basis)
+  still comes out as the polar factor, adaptive and fixed count alike, and
+  orthonormal to float32 rounding."""
+  rng = np.random.default_rng(7)
+  u, _ = np.linalg.qr(rng.normal(size=(4, 40, 24)))
+  v, _ = np.linalg.qr(rng.normal(size=(4, 24, 24)))
+  sigma = np.sqrt(np.linspace(0.9, top, 24))
+  c = jnp.asarray((u * sigma[None, None, :]) @ np.swapaxes(v, -1, -2),
+                  jnp.float32)
+  got = pca.orthonormalize(c, fixed_iterations=fixed)
+  polar = u @ np.swapaxes(v, -1, -2)
+  np.testing.assert_allclose(got, polar, atol=2e-5)
+  assert float(pca.orthonormality_error(got)) < 2e-6
+
+
+def test_orthonormalize_fixed_count_rank_deficient_falls_back_to_eigh():
+  rng = np.random.default_rng(5)
+  c = np.asarray(rng.normal(size=(10, 4)), np.float32)
+  c[:, 3] = 0.0
+  got = pca.orthonormalize(jnp.asarray(c), fixed_iterations=True)
+  ref = pca._orthonormalize_eigh(jnp.asarray(c), 1e-8)
+  np.testing.assert_allclose(got, ref, atol=1e-5)

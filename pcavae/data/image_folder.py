@@ -164,6 +164,17 @@ class ImageFileSource:
     self._lock = threading.Lock()
     self._warned: set[str] = set()
 
+  def __getstate__(self) -> dict:
+    # Picklable for grain worker processes (the lock is not); each worker
+    # gets a lock of its own.
+    state = dict(self.__dict__)
+    del state['_lock']
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
   def __len__(self) -> int:
     return len(self.paths)
 

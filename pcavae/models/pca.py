@@ -188,21 +188,39 @@ def orthonormalize(basis: Array, eps: float = 1e-8,
   `C (C^T C)^(-1/2)` is the polar factor of `C`. It is computed by the
   Newton-Schulz iteration `X <- X (3 I - X^T X) / 2` (quadratic convergence,
   only matrix products), which converges to it from `X = C / s` whenever
-  `s >= sigma_max(C)`; for the nearly orthonormal bases of training that is
-  three to five iterations instead of a batched eigendecomposition, many
-  times slower on CPU. Where it has not converged after `_NS_MAX_ITERS`
-  (a rank-deficient basis, where the clamp matters) the result comes from
-  the eigendecomposition as before (`_orthonormalize_eigh`).
+  `sigma_max(C / s)^2 < 3`; a batched eigendecomposition is many times
+  slower on CPU. Each iteration costs two `(D, Q) x (Q, Q)` products (the
+  update and the next Gram matrix), so the count matters (issue 19, at
+  `spatial16` with Q = D = 256 one product is 4.3 GMAC):
+
+  - The start is scaled so that `lambda_max(C^T C / s^2) <= _NS_START`
+    (1.8, inside the basin `< 3`), using an upper bound of `lambda_max` (the
+    largest absolute row sum of the Gram matrix). After a rate-0.1 `sanger`
+    step the Gram's eigenvalues lie in about [0.9, 3]; scaling them to at
+    most 1, as before, slowed the small singular values down by a factor
+    of about 1.3 and cost an iteration or two.
+  - The error is measured as `e = min(||G - I||_F, max row sum |G - I|)`, an
+    upper bound of the spectral norm of `G - I`. One more iteration maps
+    each eigenvalue `1 + e_i` of the Gram to `1 - 3 e_i^2 / 4 + e_i^3 / 4`,
+    so once `e <= _NS_FINAL` (1e-3) a last update reaches float32 rounding
+    (< 1e-6) without forming its Gram matrix: one product fewer, and no
+    extra iteration just to see the test pass.
+
+  Where it has not converged (a rank-deficient basis, where the clamp
+  matters) the result comes from the eigendecomposition as before
+  (`_orthonormalize_eigh`).
 
   Args:
     basis: `(..., D, Q)`.
     eps: clamp for the Gram eigenvalues.
-    fixed_iterations: run all `_NS_MAX_ITERS` iterations instead of stopping
-      once converged. For a basis split over devices: there the stopping test
-      of the data-dependent loop deadlocked XLA:CPU (two forced devices, the
-      `spatial16` basis split by location, `experiments/throughput.py`),
-      while a fixed count ran. More products, the same result to rounding
-      (an iteration past convergence leaves X orthonormal).
+    fixed_iterations: run `_NS_FIXED_ITERS` iterations instead of stopping
+      once converged (then the last update, and the eigendecomposition
+      where that count did not reach `_NS_FINAL`). For a basis split over
+      devices: there the stopping test of the data-dependent loop
+      deadlocked XLA:CPU (two forced devices, the `spatial16` basis split by
+      location, `experiments/throughput.py`), while a fixed count ran. The
+      same result to rounding (an iteration past convergence leaves X
+      orthonormal).
 
   Returns:
     `(..., D, Q)` with orthonormal columns.
@@ -214,44 +232,61 @@ def orthonormalize(basis: Array, eps: float = 1e-8,
   # lambda_max(C^T C) <= its largest absolute row sum; scale only where
   # needed so nearly orthonormal bases start at sigma ~ 1.
   bound = jnp.max(jnp.sum(jnp.abs(gram), axis=-1), axis=-1)
-  scale2 = jnp.where(bound > 2.0, 1.0 / bound, 1.0)          # (...,)
+  scale2 = jnp.where(bound > _NS_START, _NS_START / bound, 1.0)  # (...,)
   x = c * jnp.sqrt(scale2)[..., None, None]
   g = gram * scale2[..., None, None]
 
   def err_of(g):
-    return jnp.max(jnp.abs(g - eye))
+    e = jnp.abs(g - eye)
+    row = jnp.max(jnp.sum(e, axis=-1), axis=-1)
+    frob = jnp.sqrt(jnp.sum(jnp.square(e), axis=(-2, -1)))
+    return jnp.max(jnp.minimum(row, frob))
+
+  def update(x, g):
+    return x @ (1.5 * eye - 0.5 * g)
 
   def body(carry):
     x, g, err, _, it = carry
-    x = x @ (1.5 * eye - 0.5 * g)
+    x = update(x, g)
     g = jnp.swapaxes(x, -1, -2) @ x
     return x, g, err_of(g), err, it + 1
 
   def cond(carry):
     _, _, err, prev, it = carry
-    # Until converged to rounding: small, or no longer shrinking.
-    return (err > _NS_TOL) & (err < 0.9 * prev) & (it < _NS_MAX_ITERS)
+    # Until one last update reaches rounding, or no longer shrinking once
+    # near (far from it the bound need not shrink at every iteration, while
+    # the small singular values grow).
+    shrinking = (err < 0.9 * prev) | (err > 0.25)
+    return (err > _NS_FINAL) & shrinking & (it < _NS_MAX_ITERS)
 
   init = (x, g, err_of(g), jnp.asarray(jnp.inf, jnp.float32),
           jnp.zeros((), jnp.int32))
   if fixed_iterations:
-    x, _, err, _, _ = jax.lax.fori_loop(0, _NS_MAX_ITERS,
+    x, g, err, _, _ = jax.lax.fori_loop(0, _NS_FIXED_ITERS,
                                         lambda _, carry: body(carry), init)
   else:
-    x, _, err, _, _ = jax.lax.while_loop(cond, body, init)
-  x = jax.lax.cond(err > _NS_ACCEPT,
+    x, g, err, _, _ = jax.lax.while_loop(cond, body, init)
+  # The last update outside the cond: the cond keeps the shape it had
+  # before issue 19 (eigh or pass-through) for a basis split over devices.
+  x = update(x, g)
+  x = jax.lax.cond(err > _NS_FINAL,
                    lambda: _orthonormalize_eigh(c, eps), lambda: x)
   return x.astype(basis.dtype)
 
 
-# Newton-Schulz stops once max |X^T X - I| <= _NS_TOL or the error stops
-# shrinking (float32 rounding of the Gram matrix: ~1e-6 for a few hundred
-# dimensions); a result further than _NS_ACCEPT from orthonormal (a
-# rank-deficient or badly conditioned basis, not converged within
-# _NS_MAX_ITERS) is replaced by the eigendecomposition's.
-_NS_TOL = 1e-6
-_NS_ACCEPT = 1e-4
+# Newton-Schulz starts with lambda_max(X^T X) <= _NS_START (the iteration
+# converges for < 3), runs until the error bound e of X^T X - I is at most
+# _NS_FINAL or stops shrinking (at most _NS_MAX_ITERS iterations; exactly
+# _NS_FIXED_ITERS with `fixed_iterations`), then takes one last update, which
+# leaves an error below 3 e^2 / 4 + float32 rounding (~1e-6). A basis whose
+# error stayed above _NS_FINAL (rank-deficient or badly conditioned) gets
+# the eigendecomposition's result instead. _NS_FIXED_ITERS covers a Gram
+# spectrum spread over a factor of about 20 (from _NS_START / 20: the small
+# singular values grow by 1.5x per iteration until they near 1).
+_NS_START = 1.8
+_NS_FINAL = 1e-3
 _NS_MAX_ITERS = 16
+_NS_FIXED_ITERS = 9
 
 
 def _orthonormalize_eigh(c: Array, eps: float) -> Array:

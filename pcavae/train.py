@@ -167,26 +167,35 @@ def jit_train_step(model, tx, schedule, config: ml_collections.ConfigDict,
       donate_argnums=(0,))
 
 
-def new_training(config: ml_collections.ConfigDict, mesh, rng: jax.Array
-                 ) -> Dict[str, Any]:
-  """Model, optimizer, a freshly initialised sharded state and the jitted
-  train step: `train_and_evaluate`'s sequence without checkpoints, data or
-  evaluators (for benchmarks, `experiments/throughput.py`).
+def build_training(config: ml_collections.ConfigDict, mesh, rng: jax.Array
+                   ) -> Dict[str, Any]:
+  """Model, optimizer, the state's abstract shape and shardings and the
+  jitted train step: what `train_and_evaluate` and the benchmarks
+  (`experiments/throughput.py`) both build before they have a state.
 
   Returns:
-    A dict with `model`, `tx`, `schedule`, `state`, `state_sharding` and
-    `train_step` (`jit_train_step`'s function of `(state, batch)`).
+    A dict with `model`, `tx`, `schedule`, `init_fn`, `abstract_state`,
+    `state_sharding` and `train_step` (`jit_train_step`'s function of
+    `(state, batch)`).
   """
   model = create_model(config, mesh)
   tx, schedule = make_optimizer(config)
   init_fn = make_init_fn(model, tx, config)
-  state_sharding = sharding.state_shardings(jax.eval_shape(init_fn, rng),
-                                            mesh, config)
-  return {'model': model, 'tx': tx, 'schedule': schedule,
-          'state': initialize(init_fn, rng, state_sharding),
-          'state_sharding': state_sharding,
+  abstract_state = jax.eval_shape(init_fn, rng)
+  state_sharding = sharding.state_shardings(abstract_state, mesh, config)
+  return {'model': model, 'tx': tx, 'schedule': schedule, 'init_fn': init_fn,
+          'abstract_state': abstract_state, 'state_sharding': state_sharding,
           'train_step': jit_train_step(model, tx, schedule, config, mesh,
                                        state_sharding)}
+
+
+def new_training(config: ml_collections.ConfigDict, mesh, rng: jax.Array
+                 ) -> Dict[str, Any]:
+  """`build_training` and a freshly initialised sharded `state` (no
+  checkpoints, data or evaluators: for benchmarks)."""
+  built = build_training(config, mesh, rng)
+  built['state'] = initialize(built['init_fn'], rng, built['state_sharding'])
+  return built
 
 
 def bottleneck_loss_scale(config: ml_collections.ConfigDict,
@@ -468,16 +477,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                config.dataset.name, len(splits.train), len(splits.eval),
                config.resolution)
 
-  model = create_model(config, mesh)
-  tx, schedule = make_optimizer(config)
-  init_fn = make_init_fn(model, tx, config)
   rng = jax.random.PRNGKey(config.seed)
+  built = build_training(config, mesh, rng)
+  model, init_fn = built['model'], built['init_fn']
+  abstract_state = built['abstract_state']
+  state_sharding = built['state_sharding']
+  train_step = built['train_step']
   # Loads the metric networks now, so a missing weight file fails early.
   evaluator = evaluators.Evaluator(model, config, mesh, workdir,
                                    collections_of)
 
-  abstract_state = jax.eval_shape(init_fn, rng)
-  state_sharding = sharding.state_shardings(abstract_state, mesh, config)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     keep=config.keep_checkpoints)
   abstract_with_sharding = jax.tree.map(
@@ -510,8 +519,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       n_params = sum(x.size for x in jax.tree.leaves(state['params']))
       writer.write_scalars(0, {'num_params': n_params})
 
-  train_step = jit_train_step(model, tx, schedule, config, mesh,
-                              state_sharding)
   # AE warm-up: a one-off host-side switch at step N, or where the adaptive
   # criterion decides (checks every warmup_auto_every steps; pcavae/warmup.py).
   switch = (warmup.Switch(model, config, mesh, state_sharding)

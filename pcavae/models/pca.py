@@ -280,13 +280,16 @@ def orthonormalize(basis: Array, eps: float = 1e-8,
 # _NS_FIXED_ITERS with `fixed_iterations`), then takes one last update, which
 # leaves an error below 3 e^2 / 4 + float32 rounding (~1e-6). A basis whose
 # error stayed above _NS_FINAL (rank-deficient or badly conditioned) gets
-# the eigendecomposition's result instead. _NS_FIXED_ITERS covers a Gram
-# spectrum spread over a factor of about 20 (from _NS_START / 20: the small
-# singular values grow by 1.5x per iteration until they near 1).
+# the eigendecomposition's result instead. _NS_FIXED_ITERS stays at
+# _NS_MAX_ITERS: with 9 (enough for a Gram spectrum spread over a factor of
+# about 20) the 2-device `spatial16` step of experiments/throughput.py hung
+# at 0% CPU, most likely because the first step's spread (about 12 from a
+# random basis) sent the cond to the eigendecomposition, which the split
+# basis did not complete on XLA:CPU; with 16 the step runs.
 _NS_START = 1.8
 _NS_FINAL = 1e-3
 _NS_MAX_ITERS = 16
-_NS_FIXED_ITERS = 9
+_NS_FIXED_ITERS = _NS_MAX_ITERS
 
 
 def _orthonormalize_eigh(c: Array, eps: float) -> Array:

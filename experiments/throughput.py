@@ -190,9 +190,9 @@ def measure_pca_maintenance(config, basis, steps: int):
 
 
 def measure_reconstruct(model, state, x, steps):
-  from pcavae import train  # pylint: disable=g-import-not-at-top
+  from pcavae import train, train_state  # pylint: disable=g-import-not-at-top
   fn = jax.jit(train.make_reconstruct_fn(model))
-  variables = {'params': state['params'], **train.collections_of(state)}
+  variables = train_state.variables_of(state)
   fn(variables, x).block_until_ready()
   median, _ = _time(lambda: fn(variables, x), steps)
   return median

@@ -5,8 +5,8 @@ As in big_vision, an eval is a list of units (`config.eval.units`, names in
 functions (`make_predict_fns`: the reconstruction, and the latents of the
 encoder and the bottleneck) and yielding `(name, value)` pairs: a scalar, or
 a uint8 `(H, W, 3)` image for the trainer to write to `images/`.
-`Evaluator(model, config, mesh, workdir, collections_of)(state, source,
-step)` runs them and returns `(scalars, images)`.
+`Evaluator(model, config, mesh, workdir)(state, source, step)` runs them
+and returns `(scalars, images)`.
 
 The units that measure the eval split (the first `config.eval.num_examples`
 images of `source`) share one pass over it: the reconstruction runs once per
@@ -65,6 +65,7 @@ from pcavae import configlib
 from pcavae import data
 from pcavae import metrics
 from pcavae import sharding
+from pcavae import train_state
 from pcavae import viz
 from pcavae.metrics import codebook as codebook_metrics
 from pcavae.models import pca as pca_lib
@@ -87,25 +88,16 @@ def latents(m, x):
   return out
 
 
-def model_variables(state: State, collections_of: Callable[[State], Dict]
-                    ) -> Dict[str, Any]:
-  """The Flax variables of a train state: the one place the evaluators read
-  the state's layout (`collections_of`: its non-trainable collections)."""
-  return {'params': state['params'], **collections_of(state)}
-
-
-def make_predict_fns(model, collections_of: Callable[[State], Dict]
-                     ) -> Dict[str, Callable]:
+def make_predict_fns(model) -> Dict[str, Callable]:
   """The model in eval mode, jitted, as `(state, images) -> outputs`:
   `reconstruct` gives `(reconstruction, aux)`, `latents` the dict of
   `latents` (z_e, z_q and the bottleneck's codes, codebook, pca_input)."""
 
   def reconstruct(state: State, images: jax.Array):
-    return model.apply(model_variables(state, collections_of), images,
-                       train=False)
+    return model.apply(train_state.variables_of(state), images, train=False)
 
   def encode(state: State, images: jax.Array) -> Dict[str, jax.Array]:
-    return model.apply(model_variables(state, collections_of), images,
+    return model.apply(train_state.variables_of(state), images,
                        method=latents)
 
   return {'reconstruct': jax.jit(reconstruct), 'latents': jax.jit(encode)}
@@ -117,7 +109,6 @@ class Context(NamedTuple):
   mesh: jax.sharding.Mesh
   workdir: str                              # fid_stats/, spectra/ go here
   predict_fns: Dict[str, Callable]          # `make_predict_fns`
-  collections_of: Callable[[State], Dict]   # see `model_variables`
 
 
 class Batch(NamedTuple):
@@ -374,7 +365,6 @@ class Spectra(Unit):
     self.config = context.config
     self.mesh = context.mesh
     self.workdir = context.workdir
-    self.collections_of = context.collections_of
     self.num_images = int(self.config.eval.get('spectra_num_images', 0) or 0)
     self.threshold = float(self.config.eval.get('spectra_threshold', 0.99))
     self.step_fn = context.predict_fns['latents']
@@ -421,7 +411,7 @@ class Spectra(Unit):
       spectra['codebook_used'] = (
           analysis.singular_values(codebook[used]) if used.size > 1
           else np.zeros((1,)))
-    pca_state = model_variables(state, self.collections_of).get('pca')
+    pca_state = train_state.collections_of(state).get('pca')
     if pca_state is not None:
       leaves = {}
       for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:
@@ -504,11 +494,11 @@ class Evaluator:
   """The units of `config.eval.units` over one model, run at every eval."""
 
   def __init__(self, model, config: ml_collections.ConfigDict, mesh,
-               workdir: str, collections_of: Callable[[State], Dict]):
+               workdir: str):
     self.config = config
     self.mesh = mesh
-    self.predict_fns = make_predict_fns(model, collections_of)
-    context = Context(config, mesh, workdir, self.predict_fns, collections_of)
+    self.predict_fns = make_predict_fns(model)
+    context = Context(config, mesh, workdir, self.predict_fns)
     # Built now: a unit's networks load (or fail) before training.
     self.units: List[Unit] = [UNITS[name](context)
                               for name in configlib.eval_units(config)]

@@ -118,7 +118,7 @@ def evaluate(workdir: str, bottleneck: Optional[Mapping[str, Any]] = None,
   configlib.validate(config)
   model = train.create_model(config)
   evaluator = evaluators.Evaluator(model, config, sharding.make_mesh(config),
-                                   stats_dir or workdir, train.collections_of)
+                                   stats_dir or workdir)
   splits = data.get_splits(config.dataset, config.resolution)
   metrics, images = evaluator(train_state.with_variables({}, variables),
                               splits.eval, step)

@@ -484,8 +484,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state_sharding = built['state_sharding']
   train_step = built['train_step']
   # Loads the metric networks now, so a missing weight file fails early.
-  evaluator = evaluators.Evaluator(model, config, mesh, workdir,
-                                   collections_of)
+  evaluator = evaluators.Evaluator(model, config, mesh, workdir)
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     keep=config.keep_checkpoints)

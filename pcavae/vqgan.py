@@ -116,8 +116,7 @@ def make_grad_fn(model, config: ml_collections.ConfigDict,
   def grad_fn(state: State, batch: Array, lr: Array, rng: Array,
               cols: Tuple[str, ...], bottleneck_scale: float = 1.0):
     def forward(params):
-      variables = {'params': params,
-                   **{k: train_state.collections_of(state)[k] for k in cols}}
+      variables = {'params': params, **train_state.collections_of(state)}
       out = model.apply(variables, batch, train=True, lr=lr,
                         mutable=list(cols) if cols else False,
                         rngs={'sample': rng})

@@ -36,8 +36,7 @@ def _evaluate(untrained, workdir, units):
   config = copy.deepcopy(config)
   config.eval.units = units
   configlib.validate(config)
-  evaluator = evaluators.Evaluator(model, config, mesh, str(workdir),
-                                   train.collections_of)
+  evaluator = evaluators.Evaluator(model, config, mesh, str(workdir))
   splits = data.get_splits(config.dataset, config.resolution)
   return evaluator(state, splits.eval, 0)
 

@@ -45,6 +45,7 @@ import numpy as np
 import optax
 
 from pcavae import analysis
+from pcavae import configlib
 from pcavae import harness
 from pcavae import viz
 from pcavae import warmup
@@ -325,8 +326,8 @@ def main(argv):
               warmup_steps=_WARMUP.value, batch_size=_BATCH.value,
               learning_rate=_LR.value, eval_every=_EVAL_EVERY.value,
               eval_samples=_EVAL_N.value, seed=_SEED.value,
-              kmeans_batches=warmup.DEFAULT_KMEANS_BATCHES,
-              kmeans_iters=warmup.DEFAULT_KMEANS_ITERS)
+              kmeans_batches=configlib.DEFAULT_KMEANS_BATCHES,
+              kmeans_iters=configlib.DEFAULT_KMEANS_ITERS)
   if _QUICK.value:
     args.update(steps=800, warmup_steps=200, eval_every=100,
                 eval_samples=2048)

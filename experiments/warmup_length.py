@@ -84,9 +84,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   p.add_argument('--auto_every', type=float, default=0.02,
                  help='warmup_auto_every as a fraction of the steps.')
   p.add_argument('--auto_patience', type=int,
-                 default=warmup.DEFAULT_AUTO_PATIENCE)
+                 default=configlib.DEFAULT_AUTO_PATIENCE)
   p.add_argument('--auto_tolerance', type=float,
-                 default=warmup.DEFAULT_AUTO_TOLERANCE)
+                 default=configlib.DEFAULT_AUTO_TOLERANCE)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--full', action='store_true',
                  help='photo_patches at the runlocal size (channels 32/64, '
@@ -117,8 +117,8 @@ def auto_every_steps(steps: int, fraction: float) -> int:
 def synthetic_args(steps: int) -> Dict[str, Any]:
   return dict(dim=64, latent_dim=32, decay=2.0, k=1024, steps=steps,
               batch_size=256, learning_rate=1e-3, eval_samples=8192,
-              kmeans_batches=warmup.DEFAULT_KMEANS_BATCHES,
-              kmeans_iters=warmup.DEFAULT_KMEANS_ITERS)
+              kmeans_batches=configlib.DEFAULT_KMEANS_BATCHES,
+              kmeans_iters=configlib.DEFAULT_KMEANS_ITERS)
 
 
 def synthetic_bottleneck(kind: str, k: int):

@@ -100,10 +100,6 @@ Array = jax.Array
 State = Dict[str, Any]
 Variables = Dict[str, Any]
 
-# The defaults live with the config checks (`configlib`); named here too for
-# the experiments that read them beside the functions below.
-DEFAULT_KMEANS_BATCHES = configlib.DEFAULT_KMEANS_BATCHES
-DEFAULT_KMEANS_ITERS = configlib.DEFAULT_KMEANS_ITERS
 # fold_in constant of the k-means seeding stream (distinct from the step's
 # sampling stream `fold_in(rng, step)`).
 KMEANS_STREAM = 0x5717C4
@@ -115,9 +111,6 @@ MODULE = 'bottleneck'
 # Train-state key of the adaptive switch's history (not a model collection).
 AUTO_STATE_KEY = 'warmup_auto'
 STATE_KEYS = (AUTO_STATE_KEY,)
-DEFAULT_AUTO_EVERY = configlib.DEFAULT_AUTO_EVERY
-DEFAULT_AUTO_PATIENCE = configlib.DEFAULT_AUTO_PATIENCE
-DEFAULT_AUTO_TOLERANCE = configlib.DEFAULT_AUTO_TOLERANCE
 # `warmup/switch_reason` values.
 REASON_FIXED, REASON_CRITERION, REASON_CAP = 0, 1, 2
 REASON_NAMES = {REASON_FIXED: 'fixed warmup_steps',
@@ -137,17 +130,17 @@ def adaptive(config: ml_collections.ConfigDict) -> bool:
 
 def auto_every(config: ml_collections.ConfigDict) -> int:
   return int(config.model.bottleneck.get('warmup_auto_every',
-                                         DEFAULT_AUTO_EVERY))
+                                         configlib.DEFAULT_AUTO_EVERY))
 
 
 def auto_patience(config: ml_collections.ConfigDict) -> int:
   return int(config.model.bottleneck.get('warmup_auto_patience',
-                                         DEFAULT_AUTO_PATIENCE))
+                                         configlib.DEFAULT_AUTO_PATIENCE))
 
 
 def auto_tolerance(config: ml_collections.ConfigDict) -> float:
   return float(config.model.bottleneck.get('warmup_auto_tolerance',
-                                           DEFAULT_AUTO_TOLERANCE))
+                                           configlib.DEFAULT_AUTO_TOLERANCE))
 
 
 def rate_bits(config: ml_collections.ConfigDict) -> float:
@@ -256,12 +249,12 @@ def init_auto_state(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 
 def kmeans_batches(config: ml_collections.ConfigDict) -> int:
   return int(config.model.bottleneck.get('warmup_kmeans_batches',
-                                         DEFAULT_KMEANS_BATCHES))
+                                         configlib.DEFAULT_KMEANS_BATCHES))
 
 
 def kmeans_iters(config: ml_collections.ConfigDict) -> int:
   return int(config.model.bottleneck.get('warmup_kmeans_iters',
-                                         DEFAULT_KMEANS_ITERS))
+                                         configlib.DEFAULT_KMEANS_ITERS))
 
 
 def _replace(tree: Dict[str, Any], path: Sequence[str], value: Any

@@ -64,6 +64,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # them), so `--config.dataset.path=...` works from the command line.
   c.dataset = data.default_config()
   c.dataset.name = 'photo_patches'
+  # grain worker processes decoding train batches (0: threads in this
+  # process). The stream does not depend on it; on a GPU host with cores to
+  # spare set it so that decoding keeps up (README "Input pipeline").
+  c.data_workers = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.channels = (128, 256)      # one 4x4 stride-2 stage per entry

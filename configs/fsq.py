@@ -23,7 +23,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+try:
+  import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+finally:
+  # Off the path again: this folder's pcavae.py would shadow the package in
+  # processes started later with this sys.path (grain's data workers).
+  sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_config(arg=None):

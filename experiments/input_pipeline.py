@@ -6,14 +6,15 @@ r"""Input pipeline throughput: each dataset's train pipeline alone, in images/s.
 For each dataset (`photo_patches`; `image_folder` over a folder of 256 px
 JPEGs that the script writes under `--out`; `fashion_mnist` from
 `--fashion_mnist_dir` or where pcavae.data looks for it), each resolution and
-each worker count it times `pcavae.data.pipeline.train_dataset` (the trainer's
-pipeline: shuffle, batch, uint8 -> float32) for `--batches` batches of
-`--batch` images after one warm-up batch:
+each worker count it times `pcavae.data.pipeline.train_iterator` (the
+trainer's pipeline: shuffle, batch, uint8 -> float32) for `--batches` batches
+of `--batch` images after one warm-up batch:
 
   workers 0   read and decode in the consuming thread: one core's worth
               (images/s per core);
-  workers k   grain worker processes (`mp_prefetch` with k workers), the
-              way to use more cores than one for decoding.
+  workers k   k grain worker processes (`config.data_workers = k`, as the
+              trainer runs them), the way to use more cores than one for
+              decoding.
 
 It also estimates what a GPU would consume: the train step's FLOPs (XLA's
 cost analysis of the lowered `spatial16` step, PCA bottleneck, batch
@@ -68,15 +69,14 @@ def dataset_config(name: str, args):
 def time_pipeline(source, batch: int, batches: int, workers: int, seed=0):
   """Seconds per batch (median), CPU seconds of this process per image, and
   the first timed batch's checksum."""
-  import grain  # pylint: disable=g-import-not-at-top
   from pcavae.data import pipeline  # pylint: disable=g-import-not-at-top
-  ds = pipeline.train_dataset(source, global_batch_size=batch, seed=seed)
   if workers:
-    it = iter(ds.to_iter_dataset().mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=workers)))
+    # The trainer's iterator with `config.data_workers = workers`.
+    it = pipeline.train_iterator(source, global_batch_size=batch, seed=seed,
+                                 workers=workers)
   else:
-    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0,
-                                                   prefetch_buffer_size=0)))
+    it = pipeline.train_iterator(source, global_batch_size=batch, seed=seed,
+                                 num_threads=0, prefetch=0)
   first = next(it)  # warm-up (starts the workers)
   times = []
   checksum = None

@@ -26,13 +26,15 @@ batch 16 and times, each as the median of `--steps` calls after compilation:
                        (other jobs) affects them alike; each record also has
                        the process CPU time per step and the load average;
   pca_maintenance      what the median step leaves out: the scheduled
-                       re-orthonormalisation (every Q updates) and the drift
+                       re-orthonormalisation (every Q updates, by the
+                       configured `orthonormalization`) and the drift
                        check (every `orthonormality_check_every` updates),
                        timed alone and amortised per step;
   reconstruct          the jitted eval-mode forward pass;
   compile              compile time of the train step;
   memory               peak device memory (GPU/TPU) or the process's peak RSS
-                       (CPU).
+                       (CPU); with `--train_only` (no reconstruction or
+                       maintenance programs) that of the train steps alone.
 
 The process first applies `pcavae.sharding.tune_host_allocator()` and
 `pcavae.sharding.default_xla_flags()` (as `pcavae.main` does), so the numbers
@@ -63,8 +65,10 @@ def _config(res: int, dtype: str, spec: str, batch: int):
   options: a PCA tracker (`pca:sanger`, the default, `pca:reference`, the
   OPCA-VAE rule as configs/pcavae.py's `reference` flag sets it, or
   `pca:subspace`), a conv algorithm (`config.model.conv_algorithm`: `direct`,
-  `winograd`, `auto`) and/or `replicated` (a spatial PCA's state replicated
-  over the devices, `config.mesh.pca_locations=False`)."""
+  `winograd`, `auto`), `replicated` (a spatial PCA's state replicated
+  over the devices, `config.mesh.pca_locations=False`) and/or `q<N>` (Q = N
+  components instead of the setting's 256, e.g. `pca:q51`, the CelebA-HQ
+  setting's 20%)."""
   from pcavae import configlib  # pylint: disable=g-import-not-at-top
   from pcavae.models import bottlenecks  # pylint: disable=g-import-not-at-top
   kind, *options = spec.split(':')
@@ -77,6 +81,10 @@ def _config(res: int, dtype: str, spec: str, batch: int):
   for option in options:
     if option == 'replicated':
       c.mesh.pca_locations = False
+    elif option[:1] == 'q' and option[1:].isdigit():
+      if kind != 'pca':
+        raise ValueError(f'{spec!r}: `q<N>` is an option of `pca` only.')
+      c.model.bottleneck.num_components = int(option[1:])
     elif option in bottlenecks.PCA_TRACKERS:
       if kind != 'pca':
         raise ValueError(f'{spec!r}: a tracker is an option of `pca` only.')
@@ -174,7 +182,9 @@ def measure_pca_maintenance(config, basis, steps: int):
   b = config.model.bottleneck
   every = b.get('orthonormalize_every') or b.num_components
   check_every = b.get('orthonormality_check_every', 16)
-  orth = jax.jit(pca.orthonormalize)
+  orth = jax.jit(pca.orthonormalize_qr
+                 if b.get('orthonormalization') == 'qr'
+                 else pca.orthonormalize)
   check = jax.jit(pca.orthonormality_error)
   jax.block_until_ready((orth(basis), check(basis)))
   n = max(1, min(3, steps // 4))
@@ -213,10 +223,15 @@ def main(argv=None):
                  '`pca:replicated` replicates the PCA state over the '
                  'devices instead of splitting it by location, '
                  '`pca:sanger` (the default), `pca:reference` (the OPCA-VAE '
-                 'rule) or `pca:subspace` chooses the PCA tracker.')
+                 'rule) or `pca:subspace` chooses the PCA tracker, '
+                 '`pca:q51` the number of components.')
   p.add_argument('--peak_tflops', type=float, default=0.0,
                  help='Peak dense TFLOP/s of the chip for MFU (e.g. 989 for '
                  'an H100 SXM in bf16); 0 skips MFU.')
+  p.add_argument('--train_only', action='store_true',
+                 help='Time the train steps only (no eval-mode reconstruction '
+                 'or standalone PCA maintenance): the peak memory is then '
+                 "the train step's.")
   p.add_argument('--out', default='out/throughput')
   args = p.parse_args(argv)
   from pcavae import sharding  # pylint: disable=g-import-not-at-top
@@ -264,7 +279,7 @@ def main(argv=None):
         if r['flops'] and args.peak_tflops:
           rec['mfu'] = r['flops'] / med / (args.peak_tflops * 1e12)
         emit(rec)
-      if 'pca' in built:
+      if 'pca' in built and not args.train_only:
         r = built['pca']
         rt = measure_reconstruct(r['model'], r['holder']['state'], r['x'],
                                  args.steps)
@@ -281,7 +296,8 @@ def main(argv=None):
         name, *options = kind.split(':')
         base = ':'.join(['identity'] + [
             o for o in options
-            if o != 'replicated' and o not in bottlenecks.PCA_TRACKERS])
+            if o != 'replicated' and o not in bottlenecks.PCA_TRACKERS
+            and not (o[:1] == 'q' and o[1:].isdigit())])
         if name != 'identity' and base in times:
           emit({'measurement': f'bottleneck_share/{kind}', 'resolution': res,
                 'dtype': dtype,

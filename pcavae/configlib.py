@@ -116,6 +116,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
       raise ValueError(f'config.{key}={value!r} must be a positive integer.')
+  workers = config.get('data_workers', 0)
+  if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+    raise ValueError(f'config.data_workers={workers!r} must be an integer '
+                     '>= 0 (grain worker processes; 0: none).')
   if config.compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f'config.compute_dtype={config.compute_dtype!r}; choose '
                      f'one of {COMPUTE_DTYPES}.')
@@ -276,6 +280,8 @@ def load(spec: str) -> ml_collections.ConfigDict:
 RESUMABLE_KEYS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                   'checkpoint_every_steps', 'keep_checkpoints', 'tensorboard',
                   'skip_nonfinite_steps', 'eval.', 'mesh.',
+                  # The train stream is the same for any worker count.
+                  'data_workers',
                   # Eval-only: training never quantizes the coefficients.
                   'model.bottleneck.coefficient_bits',
                   'model.bottleneck.coefficient_bit_budget')
@@ -309,6 +315,9 @@ ADDED_KEY_DEFAULTS = {
     'model.bottleneck.tracker': 'reference',
     'model.bottleneck.covariance_alpha': 0.99,
     'model.bottleneck.subspace_iterations': 1,
+    # Before issue 19 every basis was re-orthonormalised symmetrically.
+    'model.bottleneck.orthonormalization': 'symmetric',
+    'data_workers': 0,
 }
 
 

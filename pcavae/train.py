@@ -539,7 +539,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_iter = data.train_iterator(
       splits.train, global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(),
+      workers=config.get('data_workers', 0))
 
   final: Dict[str, float] = {}
   last_measurements = None

@@ -52,13 +52,17 @@ def _run(cmd, **kw):
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
   """A tiny run: 2 steps by `python -m pcavae.main`, resumed to 4 by
-  `pcavae-train`; returns (workdir, both CompletedProcesses)."""
+  `pcavae-train` with one data worker process; returns (workdir, both
+  CompletedProcesses)."""
   workdir = str(tmp_path_factory.mktemp('cli') / 'run')
   first = _run([sys.executable, '-m', 'pcavae.main', CONFIG,
                 f'--workdir={workdir}', '--config.num_train_steps=2'] + TINY)
   assert first.returncode == 0, first.stderr[-3000:]
+  # The resumed half reads with a grain worker process (the stream does not
+  # depend on the count, so the run resumes).
   second = _run(_script('pcavae-train') + [
-      CONFIG, f'--workdir={workdir}', '--config.num_train_steps=4'] + TINY)
+      CONFIG, f'--workdir={workdir}', '--config.num_train_steps=4',
+      '--config.data_workers=1'] + TINY)
   assert second.returncode == 0, second.stderr[-3000:]
   return workdir, first, second
 

@@ -177,3 +177,26 @@ def test_metrics_timing_quick(tmp_path):
   assert sorted(rows) == ['lpips_alex', 'lpips_vgg']
   for r in rows.values():
     assert (r['images'], r['size'], r['batch']) == (2, 32, 2)
+
+
+def test_pca_profile_quick(tmp_path):
+  """experiments/pca_profile.py (the per-part profile of issue 19) runs as a
+  process; its multiply-add counts are the shapes' closed forms, and both
+  re-orthonormalisations it times leave an orthonormal basis."""
+  out = _run('pca_profile.py', '--quick', f'--out={tmp_path}')
+  assert 'orthonormalize_qr' in out
+  with open(tmp_path / 'pca_profile.jsonl') as f:
+    rows = {r['measurement']: r for r in map(json.loads, f)}
+  l, n, d, q = 16, 16, 64, 64
+  spectrum = rows.pop('gram_spectrum_after_step')
+  assert 0 < spectrum['min'] < 1 < spectrum['max']     # the step moved it
+  assert set(rows) == {
+      'products_with_basis', 'sanger_step', 'sanger_step_raw',
+      'sanger_step_direct', 'gram', 'cholesky', 'triangular_solve',
+      'orthonormalize_qr', 'orthonormalize', 'product'}
+  assert rows['gram']['gmac'] == rows['product']['gmac'] == l * d * q * q / 1e9
+  assert rows['products_with_basis']['gmac'] == 4 * l * n * d * q / 1e9
+  for name in ('orthonormalize_qr', 'orthonormalize'):
+    assert rows[name]['orthonormality_error'] < 1e-5
+  assert all(r['wall_ms'] > 0 and r['cpu_ms'] >= 0 for r in rows.values())
+  assert (tmp_path / 'pca_profile.md').read_text().count('\n|') == 12

@@ -34,3 +34,20 @@ def test_input_pipeline_quick(tmp_path):
             == got[(f'pipeline/{d}', 1)]['checksum'])
   assert len(os.listdir(tmp_path / 'jpegs')) == 24
   assert (tmp_path / 'input_pipeline.md').exists()
+
+
+def test_train_iterator_workers_give_the_same_stream():
+  """`config.data_workers` (grain worker processes) changes who decodes,
+  not what: the batches from step 3 on equal those read in this process."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from pcavae.data import pipeline  # pylint: disable=g-import-not-at-top
+  source = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), np.uint8)
+  kw = dict(global_batch_size=4, seed=7, start_step=3)
+  local = pipeline.train_iterator(source, **kw)
+  workers = pipeline.train_iterator(source, workers=2, **kw)
+  for _ in range(12):        # past an epoch: the next permutation too
+    np.testing.assert_array_equal(next(workers), next(local))
+  for bad in (-1, 1.5, True):
+    with pytest.raises(ValueError, match='config.data_workers'):
+      pipeline.train_iterator(source, workers=bad, **kw)

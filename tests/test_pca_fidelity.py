@@ -140,7 +140,8 @@ def test_tracker_is_validated_naming_the_key():
       ('learning_rate', 2.0, 'learning_rate'),
       ('learning_rate', -1.0, 'learning_rate'),
       ('covariance_alpha', 1.5, 'covariance_alpha'),
-      ('subspace_iterations', 0, 'subspace_iterations')):
+      ('subspace_iterations', 0, 'subspace_iterations'),
+      ('orthonormalization', 'gram', 'orthonormalization')):
     c = tiny_config(**{f'model.bottleneck.{key}': value})
     with pytest.raises(ValueError, match=f'config.model.bottleneck.{match}'):
       configlib.validate(c)
@@ -156,10 +157,12 @@ def test_reference_flag_is_the_opca_rule():
                      + ':runlocal,reference')
   b = c.model.bottleneck
   assert (b.tracker, b.learning_rate, b.max_update_norm,
-          b.orthonormalize_every) == ('reference', None, 0.1, None)
+          b.orthonormalize_every, b.orthonormalization) == (
+              'reference', None, 0.1, None, 'symmetric')
   d = configlib.load(os.path.join(ROOT, 'configs', 'pcavae.py') + ':runlocal')
-  assert d.model.bottleneck.tracker == 'sanger'
-  assert d.model.bottleneck.learning_rate == 0.1
+  b = d.model.bottleneck
+  assert (b.tracker, b.learning_rate, b.orthonormalize_every,
+          b.orthonormalization) == ('sanger', 0.1, 1, 'qr')
 
 
 @pytest.mark.parametrize('mode', ['spatial', 'shared'])
@@ -199,6 +202,25 @@ def test_sanger_and_subspace_layer_steps_by_hand(mode):
     w2 = step(step(v, h0 * 10.0), h1 * 10.0)
     np.testing.assert_allclose(w2['pca']['basis'], v2['pca']['basis'],
                                atol=2e-4)
+  # The default's re-orthonormalisation after every step (issue 19):
+  # Cholesky-QR or symmetric, each the pure function's result.
+  for how, ortho in (('qr', pca.orthonormalize_qr),
+                     ('symmetric', pca.orthonormalize)):
+    layer = bottlenecks.PCABottleneck(
+        num_components=3, mode=mode, tracker='sanger', learning_rate=0.3,
+        max_update_norm=None, orthonormalize_every=1, orthonormalization=how)
+    v = layer.init(jax.random.PRNGKey(0), h0, train=False)
+    step = jax.jit(lambda v, h, layer=layer: layer.apply(
+        v, h, train=True, mutable=['pca'])[1])
+    v1 = step(v, h0)
+    s, x = v1['pca'], samples(h1)
+    mu, _ = pca.fade_mean(s['mean'], s['fade_norm'], x.mean(-2), 0.9)
+    xc = x - mu[..., None, :]
+    want = ortho(s['basis'] + 0.3 * pca.normalized_sanger_delta(
+        s['basis'], xc, s['coef_var']))
+    got = step(v1, h1)['pca']['basis']
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert float(pca.orthonormality_error(got)) < 1e-5
 
 
 @pytest.fixture(scope='module')

@@ -380,3 +380,48 @@ def test_orthonormalize_fixed_count_rank_deficient_falls_back_to_eigh():
   got = pca.orthonormalize(jnp.asarray(c), fixed_iterations=True)
   ref = pca._orthonormalize_eigh(jnp.asarray(c), 1e-8)
   np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize('top', [1.05, 2.9, 12.0])
+def test_orthonormalize_qr_is_the_q_factor(top):
+  """Issue 19: the `sanger` default re-orthonormalises by Cholesky-QR. After
+  a step that spread the Gram spectrum over [0.9, top] the result is
+  numpy's (float64) Q factor with a positive diagonal of R, orthonormal to
+  float32 rounding, with column 1 along the input's column 1 (Gram-Schmidt
+  order)."""
+  rng = np.random.default_rng(8)
+  u, _ = np.linalg.qr(rng.normal(size=(4, 40, 24)))
+  v, _ = np.linalg.qr(rng.normal(size=(4, 24, 24)))
+  sigma = np.sqrt(np.linspace(0.9, top, 24))
+  c = (u * sigma[None, None, :]) @ np.swapaxes(v, -1, -2)
+  got = np.asarray(pca.orthonormalize_qr(jnp.asarray(c, jnp.float32)))
+  q, r = np.linalg.qr(c)
+  want = q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  assert float(pca.orthonormality_error(jnp.asarray(got))) < 2e-6
+  first = c[..., 0] / np.linalg.norm(c[..., 0], axis=-1, keepdims=True)
+  np.testing.assert_allclose(got[..., 0], first, atol=1e-6)
+  # The polar factor is another orthonormal basis of the same span.
+  polar = np.asarray(pca.orthonormalize(jnp.asarray(c, jnp.float32)))
+  assert np.abs(got - polar).max() > 1e-2
+  np.testing.assert_allclose(got @ np.swapaxes(got, -1, -2),
+                             polar @ np.swapaxes(polar, -1, -2), atol=2e-5)
+
+
+@pytest.mark.parametrize('fixed', [False, True])
+def test_orthonormalize_qr_keeps_an_orthonormal_basis_and_falls_back(fixed):
+  """An orthonormal basis is a fixed point (R = I). A rank-deficient one
+  (Cholesky fails, or R's diagonal spans more than 1e3) gets the symmetric
+  `orthonormalize`'s result (eigenvalues clamped), not NaN."""
+  base = pca.random_orthonormal(jax.random.PRNGKey(2), (3, 16, 6))
+  np.testing.assert_allclose(
+      pca.orthonormalize_qr(base, fixed_iterations=fixed), base, atol=2e-6)
+  rng = np.random.default_rng(5)
+  c = np.asarray(rng.normal(size=(10, 4)), np.float32)
+  for col in (c[:, 0], 0.0):          # a repeated column, a zero column
+    bad = c.copy()
+    bad[:, 3] = col
+    got = pca.orthonormalize_qr(jnp.asarray(bad), fixed_iterations=fixed)
+    want = pca.orthonormalize(jnp.asarray(bad), fixed_iterations=fixed)
+    assert np.all(np.isfinite(np.asarray(got)))
+    np.testing.assert_allclose(got, want, atol=1e-5)

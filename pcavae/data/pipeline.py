@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
+from absl import flags
 import grain
 import numpy as np
 
@@ -107,7 +108,8 @@ def train_dataset(source: Source, *, global_batch_size: int, seed: int,
 def train_iterator(source: Source, *, global_batch_size: int, seed: int,
                    start_step: int = 0, process_index: int = 0,
                    process_count: int = 1, num_threads: int = 2,
-                   prefetch: int = 2) -> Iterator[np.ndarray]:
+                   prefetch: int = 2, workers: int = 0
+                   ) -> Iterator[np.ndarray]:
   """Yields float32 `(B // P, R, R, 3)` batches in `[-1, 1]`, forever.
 
   The global batch at step `s` is a function of `(seed, s)` only, whatever the
@@ -125,14 +127,29 @@ def train_iterator(source: Source, *, global_batch_size: int, seed: int,
     process_count: number of processes, P.
     num_threads: grain reader threads (0 reads in the consuming thread).
     prefetch: grain prefetch buffer size, in batches.
+    workers: grain worker processes that read, decode and batch
+      (`mp_prefetch`; `config.data_workers`), each with `num_threads`
+      threads; 0 reads in this process. The stream is the same for every
+      count (tests/test_input_pipeline.py): on a host with cores to spare
+      this is how decoding keeps up with a GPU (README "Input pipeline").
 
   Returns:
     An iterator of float32 arrays.
   """
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    raise ValueError(f'config.data_workers={workers!r} must be an integer '
+                     '>= 0 (grain worker processes; 0: none).')
   ds = train_dataset(source, global_batch_size=global_batch_size, seed=seed,
                      start_step=start_step, process_index=process_index,
                      process_count=process_count)
-  return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch)))
+  it = ds.to_iter_dataset(_read_options(num_threads, prefetch))
+  if workers:
+    # grain's worker processes read absl flags: outside an absl app (a
+    # notebook, a test) they take their defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(it)
 
 
 def eval_dataset(source: Source, *, global_batch_size: int,

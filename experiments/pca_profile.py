@@ -19,7 +19,12 @@ run), in wall and process CPU milliseconds:
                         where that is cheaper;
   sanger_step_direct    the unblocked formula, for comparison;
   gram                  one `C^T C` (also the drift check's cost);
-  cholesky, triangular_solve   the two other parts of Cholesky-QR;
+  cholesky_inverse      `pca.cholesky_inverse` of the Gram (L and L^-1, in
+                        matrix products), the second part of Cholesky-QR;
+                        its third is one `product`;
+  lapack_cholesky, lapack_triangular_solve   the same two steps by XLA's
+                        LAPACK kernels, for comparison (not used: they
+                        deadlocked with several devices in one process);
   orthonormalize_qr     `pca.orthonormalize_qr` (the `sanger` default);
   orthonormalize        `pca.orthonormalize` (symmetric, Newton-Schulz);
   product               one `(D, Q) x (Q, Q)` product per location.
@@ -95,8 +100,11 @@ def parts(locations, samples, dim, components, seed=0):
                              l * q * (2 * n * d + n * q + d * q)),
       'gram': (jax.jit(lambda c: jnp.swapaxes(c, -1, -2) @ c), (stepped,),
                dq2),
-      'cholesky': (jax.jit(jnp.linalg.cholesky), (gram,), l * q ** 3 // 3),
-      'triangular_solve': (jax.jit(solve), (chol, stepped), dq2 // 2),
+      'cholesky_inverse': (jax.jit(pca.cholesky_inverse), (gram,),
+                           2 * l * q ** 3 // 3),
+      'lapack_cholesky': (jax.jit(jnp.linalg.cholesky), (gram,),
+                          l * q ** 3 // 3),
+      'lapack_triangular_solve': (jax.jit(solve), (chol, stepped), dq2 // 2),
       'orthonormalize_qr': (jax.jit(pca.orthonormalize_qr), (stepped,), None),
       'orthonormalize': (jax.jit(pca.orthonormalize), (stepped,), None),
       'product': (jax.jit(lambda c, m: c @ m), (stepped, gram), dq2),

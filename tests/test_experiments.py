@@ -192,11 +192,32 @@ def test_pca_profile_quick(tmp_path):
   assert 0 < spectrum['min'] < 1 < spectrum['max']     # the step moved it
   assert set(rows) == {
       'products_with_basis', 'sanger_step', 'sanger_step_raw',
-      'sanger_step_direct', 'gram', 'cholesky', 'triangular_solve',
-      'orthonormalize_qr', 'orthonormalize', 'product'}
+      'sanger_step_direct', 'gram', 'cholesky_inverse', 'lapack_cholesky',
+      'lapack_triangular_solve', 'orthonormalize_qr', 'orthonormalize',
+      'product'}
   assert rows['gram']['gmac'] == rows['product']['gmac'] == l * d * q * q / 1e9
   assert rows['products_with_basis']['gmac'] == 4 * l * n * d * q / 1e9
   for name in ('orthonormalize_qr', 'orthonormalize'):
     assert rows[name]['orthonormality_error'] < 1e-5
   assert all(r['wall_ms'] > 0 and r['cpu_ms'] >= 0 for r in rows.values())
-  assert (tmp_path / 'pca_profile.md').read_text().count('\n|') == 12
+  assert (tmp_path / 'pca_profile.md').read_text().count('\n|') == 13
+
+
+def test_throughput_train_only_and_options(tmp_path):
+  """experiments/throughput.py as the README's memory and share commands run
+  it: `--train_only` times the train steps alone (no reconstruction or
+  maintenance programs), `pca:reference:q51` is the OPCA-VAE rule at Q = 51
+  and is compared with the identity at the same convs."""
+  _run('throughput.py', '--sizes=16', '--kinds=pca:reference:q51,identity',
+       '--steps=1', '--rounds=1', '--train_only', f'--out={tmp_path}')
+  with open(tmp_path / 'throughput.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  names = [r['measurement'] for r in records]
+  assert names == ['train/pca:reference:q51', 'train/identity',
+                   'bottleneck_share/pca:reference:q51', 'memory']
+  trains = records[:2]
+  assert all(r['resolution'] == 16 and r['steps_timed'] == 1
+             and r['step_ms'] > 0 for r in trains)
+  # Q = 51 of D = 256: the PCA step does more than the identity's.
+  assert trains[0]['flops_per_step'] > trains[1]['flops_per_step']
+  assert records[3]['peak_bytes'] > 0

@@ -425,3 +425,23 @@ def test_orthonormalize_qr_keeps_an_orthonormal_basis_and_falls_back(fixed):
     want = pca.orthonormalize(jnp.asarray(bad), fixed_iterations=fixed)
     assert np.all(np.isfinite(np.asarray(got)))
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize('n', [1, 5, 16, 17, 51, 64])
+def test_cholesky_inverse_matches_numpy(n):
+  """The blocked Cholesky factor and its inverse (matrix products only; no
+  LAPACK kernel, which deadlocked with several devices) against numpy."""
+  rng = np.random.default_rng(n)
+  m = rng.normal(size=(3, n + 8, n))
+  a = np.swapaxes(m, -1, -2) @ m + 0.1 * np.eye(n)
+  low, inv = pca.cholesky_inverse(jnp.asarray(a, jnp.float32))
+  want = np.linalg.cholesky(a)
+  np.testing.assert_allclose(low, want, atol=2e-5 * np.abs(want).max())
+  np.testing.assert_allclose(np.asarray(inv, np.float64) @ want,
+                             np.broadcast_to(np.eye(n), a.shape), atol=1e-4)
+  assert np.all(np.triu(np.asarray(low), 1) == 0)
+  assert np.all(np.triu(np.asarray(inv), 1) == 0)
+  bad = a.copy()
+  bad[:, -1, -1] = -1.0                    # not positive definite: NaN
+  assert not np.all(np.isfinite(np.asarray(
+      pca.cholesky_inverse(jnp.asarray(bad, jnp.float32))[1])))

@@ -314,15 +314,18 @@ def orthonormalize_qr(basis: Array, eps: float = 1e-8,
   residual of components 1..j), so a Sanger fixed point (orthonormal
   eigenvectors, `R = I`) is left as it is, as by `orthonormalize`.
 
-  It costs one Gram matrix, a `Q x Q` Cholesky factorisation and one
-  triangular solve with `C`: at `spatial16` (Q = D = 256, 256 locations)
-  about a sixth of the Newton-Schulz polar factor after a rate-0.1 `sanger`
-  step (issue 19), with no data-dependent loop. Its orthonormality error
-  grows with `cond(C)^2` times float32 rounding (1.9e-6 after a step that
-  spread the Gram's eigenvalues over [0.67, 12.5]). Where the factorisation
-  fails or `R`'s diagonal shows a (nearly) rank-deficient basis
-  (`min r_jj^2 < 1e-6 max r_jj^2` in some problem), the result is the
-  symmetric `orthonormalize`, which clamps the Gram's eigenvalues at `eps`.
+  It costs one Gram matrix, the factorisation with its inverse
+  (`cholesky_inverse`: about `2 Q^3 / 3` multiply-adds, in matrix products)
+  and one `(D, Q) x (Q, Q)` product: at `spatial16` (Q = D = 256, 256
+  locations) about a fifth of the Newton-Schulz polar factor after a
+  rate-0.1 `sanger` step (issue 19), with no data-dependent loop and no
+  LAPACK call (batched LAPACK kernels deadlocked XLA:CPU with several
+  devices in one process). Its orthonormality error grows with `cond(C)^2`
+  times float32 rounding (about 2e-6 after a step that spread the Gram's
+  eigenvalues over [0.5, 16]). Where the factorisation fails or `R`'s
+  diagonal shows a (nearly) rank-deficient basis (`min r_jj^2 < 1e-6 max
+  r_jj^2` in some problem), the result is the symmetric `orthonormalize`,
+  which clamps the Gram's eigenvalues at `eps`.
 
   Args:
     basis: `(..., D, Q)`.
@@ -335,18 +338,13 @@ def orthonormalize_qr(basis: Array, eps: float = 1e-8,
   c = basis.astype(jnp.float32)
   gram = jnp.swapaxes(c, -1, -2) @ c
   gram = 0.5 * (gram + jnp.swapaxes(gram, -1, -2))
-  chol = jnp.linalg.cholesky(gram)                      # gram = chol chol^T
-  diag = jnp.diagonal(chol, axis1=-2, axis2=-1)
-  well = jnp.all(jnp.isfinite(diag)) & jnp.all(
+  _, inverse = cholesky_inverse(gram)            # gram = L L^T, L^-1
+  diag = 1.0 / jnp.diagonal(inverse, axis1=-2, axis2=-1)   # L's diagonal
+  well = jnp.all(jnp.isfinite(inverse)) & jnp.all(
       jnp.square(jnp.min(diag, axis=-1))
       >= _QR_RANK_TOLERANCE * jnp.square(jnp.max(diag, axis=-1)))
-
-  def qr_factor():
-    # C = Q chol^T  ->  Q = C chol^-T
-    return jax.lax.linalg.triangular_solve(
-        chol, c, left_side=False, lower=True, transpose_a=True)
-
-  x = jax.lax.cond(well, qr_factor,
+  # C = Q L^T  ->  Q = C L^-T
+  x = jax.lax.cond(well, lambda: c @ jnp.swapaxes(inverse, -1, -2),
                    lambda: orthonormalize(c, eps, fixed_iterations))
   return x.astype(basis.dtype)
 
@@ -356,6 +354,61 @@ def orthonormalize_qr(basis: Array, eps: float = 1e-8,
 # condition number of at least 1e6: float32 Cholesky-QR would leave an
 # orthonormality error of order 0.1 there).
 _QR_RANK_TOLERANCE = 1e-6
+# `cholesky_inverse` factorises blocks up to this size column by column.
+_CHOLESKY_BASE = 16
+
+
+def cholesky_inverse(a: Array) -> Tuple[Array, Array]:
+  """`(L, L^-1)` with `a = L L^T`, `L` lower triangular, for SPD `(..., n, n)`.
+
+  Recursive 2 x 2 blocking down to `_CHOLESKY_BASE` columns, so that almost
+  all the work is matrix products: `L11 = chol(A11)`, `L21 = A21 L11^-T`,
+  `L22 = chol(A22 - L21 L21^T)`, and the inverse's off-diagonal block
+  `-L22^-1 L21 L11^-1`. Written in jnp rather than with LAPACK: XLA:CPU's
+  batched LAPACK kernels (Cholesky, triangular solve, eigh) deadlocked with
+  several devices in one process (two forced devices, a batch of 2 or more
+  problems per device), so this runs the same way on one device or many.
+  Where `a` is not positive definite the result holds NaN.
+  """
+  n = a.shape[-1]
+  if n <= _CHOLESKY_BASE:
+    return _cholesky_inverse_columns(a)
+  h = n // 2
+  a11, a21, a22 = a[..., :h, :h], a[..., h:, :h], a[..., h:, h:]
+  l11, i11 = cholesky_inverse(a11)
+  l21 = a21 @ jnp.swapaxes(i11, -1, -2)
+  l22, i22 = cholesky_inverse(a22 - l21 @ jnp.swapaxes(l21, -1, -2))
+  i21 = -(i22 @ l21) @ i11
+  zeros = jnp.zeros(a.shape[:-2] + (h, n - h), a.dtype)
+  low = jnp.concatenate([jnp.concatenate([l11, zeros], -1),
+                         jnp.concatenate([l21, l22], -1)], -2)
+  inv = jnp.concatenate([jnp.concatenate([i11, zeros], -1),
+                         jnp.concatenate([i21, i22], -1)], -2)
+  return low, inv
+
+
+def _cholesky_inverse_columns(a: Array) -> Tuple[Array, Array]:
+  """`cholesky_inverse` of a small block, one column (and row) at a time."""
+  n = a.shape[-1]
+  cols = []                                            # columns of L
+  for j in range(n):
+    v = a[..., :, j]
+    if cols:
+      prev = jnp.stack(cols, axis=-1)                  # (..., n, j)
+      v = v - (prev @ prev[..., j, :, None])[..., 0]
+    d = jnp.sqrt(v[..., j])
+    mask = jnp.arange(n) >= j
+    cols.append(jnp.where(mask, v / d[..., None], 0.0))
+  low = jnp.stack(cols, axis=-1)
+  rows = []                                            # rows of L^-1
+  eye = jnp.eye(n, dtype=a.dtype)
+  for i in range(n):
+    r = jnp.broadcast_to(eye[i], a.shape[:-1])
+    if rows:
+      prev = jnp.stack(rows, axis=-2)                  # (..., i, n)
+      r = r - (low[..., i, None, :i] @ prev)[..., 0, :]
+    rows.append(r / low[..., i, i, None])
+  return low, jnp.stack(rows, axis=-2)
 
 
 def orthonormality_error(basis: Array) -> Array:

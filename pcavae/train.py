@@ -600,6 +600,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         preempt.signum, step, workdir)
         break
 
+  # Stops grain's worker processes (config.data_workers) and frees their
+  # shared memory before the evaluation.
+  close = getattr(train_iter, 'close', None)
+  if close is not None:
+    close()
   if not final:
     final = run_eval(step)
   ckpt.close()

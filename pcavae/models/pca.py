@@ -317,7 +317,7 @@ def orthonormalize_qr(basis: Array, eps: float = 1e-8,
   It costs one Gram matrix, the factorisation with its inverse
   (`cholesky_inverse`: about `2 Q^3 / 3` multiply-adds, in matrix products)
   and one `(D, Q) x (Q, Q)` product: at `spatial16` (Q = D = 256, 256
-  locations) about a fifth of the Newton-Schulz polar factor after a
+  locations) about a sixth of the Newton-Schulz polar factor after a
   rate-0.1 `sanger` step (issue 19), with no data-dependent loop and no
   LAPACK call (batched LAPACK kernels deadlocked XLA:CPU with several
   devices in one process). Its orthonormality error grows with `cond(C)^2`

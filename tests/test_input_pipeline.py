@@ -51,3 +51,15 @@ def test_train_iterator_workers_give_the_same_stream():
   for bad in (-1, 1.5, True):
     with pytest.raises(ValueError, match='config.data_workers'):
       pipeline.train_iterator(source, workers=bad, **kw)
+
+
+def test_data_workers_key_is_validated():
+  import pytest  # pylint: disable=g-import-not-at-top
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from pcavae import configlib  # pylint: disable=g-import-not-at-top
+  configlib.validate(tiny_config(data_workers=2))
+  # (The ConfigDict's int type already refuses 0.5 when it is set.)
+  with pytest.raises(ValueError, match='config.data_workers'):
+    configlib.validate(tiny_config(data_workers=-1))
+  # A run resumes with another worker count (the stream is the same).
+  assert configlib.differences(tiny_config(), tiny_config(data_workers=3)) == []

@@ -116,10 +116,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
       raise ValueError(f'config.{key}={value!r} must be a positive integer.')
-  workers = config.get('data_workers', 0)
-  if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-    raise ValueError(f'config.data_workers={workers!r} must be an integer '
-                     '>= 0 (grain worker processes; 0: none).')
+  data.pipeline.check_workers(config.get('data_workers', 0))
   if config.compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f'config.compute_dtype={config.compute_dtype!r}; choose '
                      f'one of {COMPUTE_DTYPES}.')

@@ -105,6 +105,14 @@ def train_dataset(source: Source, *, global_batch_size: int, seed: int,
   return ds.map(to_float)
 
 
+def check_workers(workers) -> None:
+  """Raises ValueError naming `config.data_workers` unless `workers` is an
+  integer >= 0 (configlib.validate calls it before a run starts)."""
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    raise ValueError(f'config.data_workers={workers!r} must be an integer '
+                     '>= 0 (grain worker processes; 0: none).')
+
+
 def train_iterator(source: Source, *, global_batch_size: int, seed: int,
                    start_step: int = 0, process_index: int = 0,
                    process_count: int = 1, num_threads: int = 2,
@@ -136,9 +144,7 @@ def train_iterator(source: Source, *, global_batch_size: int, seed: int,
   Returns:
     An iterator of float32 arrays.
   """
-  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-    raise ValueError(f'config.data_workers={workers!r} must be an integer '
-                     '>= 0 (grain worker processes; 0: none).')
+  check_workers(workers)
   ds = train_dataset(source, global_batch_size=global_batch_size, seed=seed,
                      start_step=start_step, process_index=process_index,
                      process_count=process_count)

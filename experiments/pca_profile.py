@@ -127,7 +127,7 @@ def main(argv=None):
   if args.components > args.dim:
     raise SystemExit(f'--components={args.components} exceeds '
                      f'--dim={args.dim} (Q <= D).')
-  from pcavae import sharding  # pylint: disable=g-import-not-at-top
+  from pcavae import harness, sharding  # pylint: disable=g-import-not-at-top
   sharding.tune_host_allocator()  # as pcavae.main, before JAX allocates
   sharding.default_xla_flags()
   from pcavae.models import pca  # pylint: disable=g-import-not-at-top
@@ -159,16 +159,15 @@ def main(argv=None):
       f.write(json.dumps(r) + '\n')
   lines = [f"L = {args.locations}, n = {args.samples}, D = {args.dim}, "
            f"Q = {args.components}; Gram eigenvalues after one rate-0.1 "
-           f"`sanger` step: [{eig.min():.2f}, {eig.max():.2f}]", '',
-           '| part | GMAC | wall ms | CPU ms | GMAC/s (wall) | '
-           'orthonormality error |', '|---|---|---|---|---|---|']
-  for r in records[1:]:
-    gmac = f"{r['gmac']:.2f}" if 'gmac' in r else ''
-    rate = f"{r['gmac_per_s_wall']:.1f}" if 'gmac' in r else ''
-    err = (f"{r['orthonormality_error']:.1e}"
-           if 'orthonormality_error' in r else '')
-    lines.append(f"| {r['measurement']} | {gmac} | {r['wall_ms']:.0f} | "
-                 f"{r['cpu_ms']:.0f} | {rate} | {err} |")
+           f"`sanger` step: [{eig.min():.2f}, {eig.max():.2f}]", '']
+  lines += harness.markdown_table(
+      ['part', 'GMAC', 'wall ms', 'CPU ms', 'GMAC/s (wall)',
+       'orthonormality error'],
+      [[r['measurement'], harness.fmt(r.get('gmac'), '.2f'),
+        f"{r['wall_ms']:.0f}", f"{r['cpu_ms']:.0f}",
+        harness.fmt(r.get('gmac_per_s_wall'), '.1f'),
+        harness.fmt(r.get('orthonormality_error'), '.1e')]
+       for r in records[1:]])
   with open(os.path.join(args.out, 'pca_profile.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))

@@ -14,14 +14,38 @@ The update, in the order the reference implementation applies it:
    every few updates (`orthonormalize_qr`: the Gram-Schmidt one, by
    Cholesky-QR, cheaper). Always in float32.
 5. `project`: `h_hat = (h - mu) C C^T + mu` with a stop-gradiented basis.
+
+Every matrix product here runs at full float32 precision on every backend
+(`float32_matmuls`), whatever the model's compute dtype.
 """
 
-from typing import Optional, Tuple
+import functools
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+
+def float32_matmuls(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """Traces `fn` with every matmul at `Precision.HIGHEST` (full float32).
+
+  XLA's default matmul precision is TF32 on Ampere and later GPUs and bf16
+  passes on TPUs: a 10-bit (or 8-bit) mantissa, which puts errors of ~1e-3
+  into a Gram matrix and breaks orthonormality, the Sanger trajectory and the
+  exact PCA the fidelity metrics compare against. JAX resolves a matmul's
+  default precision when it is traced, so the context below reaches every
+  product traced inside `fn`, including those of the functions it calls,
+  whatever the caller's default. Every function of this module that multiplies
+  matrices carries it, the projection included: its coefficients are what the
+  codec quantizes and what the fidelity figures read.
+  """
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.default_matmul_precision('highest'):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def fade_mean(mean: Array, fade_norm: Array, batch_mean: Array,
@@ -46,6 +70,7 @@ def fade_mean(mean: Array, fade_norm: Array, batch_mean: Array,
   return new_mean, new_norm
 
 
+@float32_matmuls
 def sanger_delta(basis: Array, xc: Array) -> Array:
   """Sanger's rule direction `(xc^T y - C triu(y^T y)) / n`, `y = xc C`.
 
@@ -87,6 +112,7 @@ def _sanger_block(n: int, q: int) -> Optional[int]:
   return k if 2 * d_cost_blocked <= d_cost_direct else None
 
 
+@float32_matmuls
 def _sanger_delta_blocked(basis: Array, xc: Array, k: int) -> Array:
   """`sanger_delta` over column blocks j of width k.
 
@@ -114,6 +140,7 @@ def _sanger_delta_blocked(basis: Array, xc: Array, k: int) -> Array:
   return jnp.concatenate(out, axis=-1) / max(n, 1)
 
 
+@float32_matmuls
 def normalized_sanger_delta(basis: Array, xc: Array,
                             running_var: Optional[Array] = None) -> Array:
   """`sanger_delta` with column j divided by the variance of coefficient j.
@@ -161,6 +188,7 @@ def clip_update(delta: Array, max_norm: Optional[float]) -> Array:
   return delta * scale
 
 
+@float32_matmuls
 def gha_update(basis: Array, xc: Array, lr: Array | float,
                max_norm: Optional[float] = None) -> Array:
   """One generalized Hebbian (Sanger) step: `C + lr * clip(dC)`.
@@ -178,6 +206,7 @@ def gha_update(basis: Array, xc: Array, lr: Array | float,
   return (basis + lr * delta).astype(basis.dtype)
 
 
+@float32_matmuls
 def orthonormalize(basis: Array, eps: float = 1e-8,
                    fixed_iterations: bool = False) -> Array:
   """Symmetric (Löwdin) re-orthonormalisation `C (C^T C)^(-1/2)`.
@@ -293,6 +322,7 @@ _NS_MAX_ITERS = 16
 _NS_FIXED_ITERS = _NS_MAX_ITERS
 
 
+@float32_matmuls
 def _orthonormalize_eigh(c: Array, eps: float) -> Array:
   """`C (C^T C)^(-1/2)` through the eigendecomposition of the Gram matrix."""
   gram = jnp.swapaxes(c, -1, -2) @ c
@@ -303,6 +333,7 @@ def _orthonormalize_eigh(c: Array, eps: float) -> Array:
   return c @ s_inv
 
 
+@float32_matmuls
 def orthonormalize_qr(basis: Array, eps: float = 1e-8,
                       fixed_iterations: bool = False) -> Array:
   """Gram-Schmidt re-orthonormalisation by Cholesky-QR: `C R^-1`, `C = Q R`.
@@ -358,6 +389,7 @@ _QR_RANK_TOLERANCE = 1e-6
 _CHOLESKY_BASE = 16
 
 
+@float32_matmuls
 def cholesky_inverse(a: Array) -> Tuple[Array, Array]:
   """`(L, L^-1)` with `a = L L^T`, `L` lower triangular, for SPD `(..., n, n)`.
 
@@ -387,6 +419,7 @@ def cholesky_inverse(a: Array) -> Tuple[Array, Array]:
   return low, inv
 
 
+@float32_matmuls
 def _cholesky_inverse_columns(a: Array) -> Tuple[Array, Array]:
   """`cholesky_inverse` of a small block, one column (and row) at a time.
 
@@ -414,6 +447,7 @@ def _cholesky_inverse_columns(a: Array) -> Tuple[Array, Array]:
   return low, jax.lax.fori_loop(0, n, row, zeros)
 
 
+@float32_matmuls
 def orthonormality_error(basis: Array) -> Array:
   """`max |C^T C - I|` over all problems (0 for an orthonormal basis)."""
   c = basis.astype(jnp.float32)
@@ -422,6 +456,7 @@ def orthonormality_error(basis: Array) -> Array:
   return jnp.max(jnp.abs(gram - eye))
 
 
+@float32_matmuls
 def project(h: Array, basis: Array, mean: Array) -> Tuple[Array, Array]:
   """Coefficients and reconstruction `(h - mu) C`, `y C^T + mu`.
 
@@ -438,6 +473,7 @@ def project(h: Array, basis: Array, mean: Array) -> Tuple[Array, Array]:
 
 
 @jax.custom_vjp
+@float32_matmuls
 def _project_centered(xc: Array, basis: Array) -> Tuple[Array, Array]:
   """`(xc C, xc C C^T)` with hand-written derivatives.
 
@@ -452,12 +488,14 @@ def _project_centered(xc: Array, basis: Array) -> Tuple[Array, Array]:
   return _project_fwd(xc, basis)[0]
 
 
+@float32_matmuls
 def _project_fwd(xc, basis):
   basis_t = jax.lax.optimization_barrier(jnp.swapaxes(basis, -1, -2))
   y = xc @ basis
   return (y, y @ basis_t), (xc, basis, basis_t, y)
 
 
+@float32_matmuls
 def _project_bwd(res, cotangents):
   xc, basis, basis_t, y = res
   g_y, g_rec = cotangents
@@ -480,6 +518,7 @@ def _sum_to_shape(x: Array, shape: Tuple[int, ...]) -> Array:
 _project_centered.defvjp(_project_fwd, _project_bwd)
 
 
+@float32_matmuls
 def reconstruct(y: Array, basis: Array, mean: Array) -> Array:
   """`y C^T + mu`: samples from (possibly quantized or shifted) coefficients.
 
@@ -502,6 +541,7 @@ def random_orthonormal(key: Array, shape: Tuple[int, ...]) -> Array:
   return q * jnp.where(signs == 0, 1.0, signs)[..., None, :]
 
 
+@float32_matmuls
 def exact_pca(x: Array, num_components: int) -> Tuple[Array, Array, Array]:
   """Mean, top-Q eigenvectors and eigenvalues of the sample covariance.
 
@@ -529,6 +569,7 @@ def exact_pca(x: Array, num_components: int) -> Tuple[Array, Array, Array]:
   return mean, vec * sign, lam
 
 
+@float32_matmuls
 def covariance_update(cov: Array, cov_norm: Array, xc: Array,
                       alpha: float) -> Tuple[Array, Array]:
   """Bias-corrected EMA of the covariance of centred samples (`fade_mean`'s
@@ -552,6 +593,7 @@ def covariance_update(cov: Array, cov_norm: Array, xc: Array,
   return flat.reshape(cov.shape), norm
 
 
+@float32_matmuls
 def subspace_iteration(cov: Array, basis: Array, iterations: int = 1
                        ) -> Tuple[Array, Array]:
   """Orthogonal iteration on `cov`, then Rayleigh-Ritz ordering.

@@ -256,8 +256,12 @@ def main(argv=None):
 
   for res in [int(s) for s in args.sizes.split(',')]:
     for dtype in args.dtypes.split(','):
-      built = {kind: build_train(res, dtype, kind, args.batch)
-               for kind in kinds}
+      built = {}
+      for kind in kinds:   # a record per compiled step, as it is compiled
+        built[kind] = build_train(res, dtype, kind, args.batch)
+        emit({'measurement': f'compile/{kind}', 'resolution': res,
+              'dtype': dtype, 'batch': args.batch,
+              'compile_s': built[kind]['compile_s']})
       load0 = os.getloadavg()
       wall, cpu = time_interleaved({k: b['step'] for k, b in built.items()},
                                    args.steps, args.rounds)

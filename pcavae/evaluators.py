@@ -263,8 +263,14 @@ class Rfid(Unit):
     self.workdir = context.workdir
     self.rfid_images = int(self.config.eval.get('rfid_num_images', 0) or 0)
     if self.rfid_images:
-      # Loads (or fails naming the conversion command) before training.
-      self.inception = metrics.make_inception_features()
+      # Loads before training. Without the converted weights (a fresh
+      # machine) the unit steps aside with one line naming the command, and
+      # training goes on with the other units.
+      try:
+        self.inception = metrics.make_inception_features()
+      except FileNotFoundError as e:
+        logging.warning('rFID left out: %s', ' '.join(str(e).split()))
+        self.rfid_images = 0
     self._real_stats: Optional[metrics.FidStats] = None
 
   def _fid_stats_path(self, n: int) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 
 from absl import app
+from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
@@ -41,6 +42,7 @@ def main(argv):
   sharding.default_xla_flags()
   sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                   _PROCESS_ID.value)
+  cache = cli.enable_compilation_cache()
   from pcavae import configlib  # pylint: disable=g-import-not-at-top
   from pcavae import train  # pylint: disable=g-import-not-at-top
   # A bad config fails before the workdir exists; a workdir that cannot be
@@ -50,6 +52,8 @@ def main(argv):
   except ValueError as e:
     raise SystemExit(f'Invalid config: {e}') from None
   workdir = cli.make_workdir(_WORKDIR.value)
+  if cache:
+    logging.info('Compilation cache: %s', cache)
   final = train.train_and_evaluate(_CONFIG.value, workdir,
                                    config_mismatch=_CONFIG_MISMATCH.value)
   if sharding.is_primary():

@@ -104,15 +104,24 @@ def tune_host_allocator() -> bool:
   faults and a step 1.5 s slower. The cost is that the process keeps its
   peak heap until it exits.
 
+  Only for a run on the CPU: with an accelerator the host does little
+  allocating, and a single arena serialises the runtime's many host threads
+  on one lock. So it is skipped when an accelerator plugin of JAX (CUDA,
+  ROCm, TPU) is installed and `JAX_PLATFORMS` does not pin the run to `cpu`.
+
   Call it first thing, before JAX allocates (`pcavae.main` does). It does
-  nothing when `PCAVAE_MALLOC_TUNING=0`, when the user set any glibc malloc
-  variable (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_MAX_`, `MALLOC_TRIM_THRESHOLD_`,
-  `GLIBC_TUNABLES`), or outside Linux/glibc.
+  nothing when `PCAVAE_MALLOC_TUNING=0` (and applies even beside an
+  accelerator with `PCAVAE_MALLOC_TUNING=1`), when the user set any glibc
+  malloc variable (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_MAX_`,
+  `MALLOC_TRIM_THRESHOLD_`, `GLIBC_TUNABLES`), or outside Linux/glibc.
 
   Returns:
     Whether the settings were applied.
   """
-  if os.environ.get('PCAVAE_MALLOC_TUNING', '1') == '0':
+  choice = os.environ.get('PCAVAE_MALLOC_TUNING', '')
+  if choice == '0':
+    return False
+  if choice != '1' and accelerator_expected():
     return False
   if any(k in os.environ for k in ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_',
                                    'MALLOC_TRIM_THRESHOLD_',
@@ -128,6 +137,22 @@ def tune_host_allocator() -> bool:
   except (OSError, AttributeError):
     return False
   return bool(ok)
+
+
+def accelerator_expected() -> bool:
+  """Whether JAX will start an accelerator backend, judged before it starts:
+  an accelerator plugin (CUDA, ROCm, TPU) is installed and `JAX_PLATFORMS`
+  does not pin the run to the CPU."""
+  platforms = os.environ.get('JAX_PLATFORMS', '')
+  if platforms and set(platforms.split(',')) <= {'cpu'}:
+    return False
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  prefixes = ('jax-cuda', 'jax_cuda', 'jax-rocm', 'jax_rocm', 'libtpu')
+  for dist in importlib.metadata.distributions():
+    name = (dist.metadata['Name'] or '').lower()
+    if name.startswith(prefixes):
+      return True
+  return False
 
 
 def _cluster_detected() -> str | None:

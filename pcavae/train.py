@@ -522,7 +522,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # criterion decides (checks every warmup_auto_every steps; pcavae/warmup.py).
   switch = (warmup.Switch(model, config, mesh, state_sharding)
             if warmup.enabled(config) else None)
-  switch_stats: Dict[str, float] = {}
+  # Scalars for the next log record: the warm-up switch's, the first step's
+  # latency.
+  pending_scalars: Dict[str, float] = {}
 
   def run_eval(step: int) -> Dict[str, float]:
     results, images = evaluator(state, splits.eval, step)
@@ -552,7 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if switch is not None and switch.due(step):
         state, stats = switch.maybe_switch(state, splits.train, step)
         # Merged into the next log record (the latest check's values win).
-        switch_stats.update(stats)
+        pending_scalars.update(stats)
         if 'warmup/switch_step' in stats:
           logging.info('AE warm-up: quantizer on at step %d, %s (%s).', step,
                        warmup.REASON_NAMES[stats['warmup/switch_reason']],
@@ -562,6 +564,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       batch = sharding.global_batch(next(train_iter), mesh)
       wait_time += time.perf_counter() - t_wait
       state, measurements = train_step(state, batch)
+      if step == start_step:
+        # The one host sync outside the log steps: the first step's latency
+        # (compilation, or loading it from the compilation cache, included).
+        jax.block_until_ready(measurements)
+        first_step_seconds = time.perf_counter() - t_log
+        logging.info('first step done in %.1f s (compilation included)',
+                     first_step_seconds)
+        pending_scalars['first_step_seconds'] = first_step_seconds
       step += 1
       is_last = step == total
 
@@ -570,10 +580,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         now = time.perf_counter()
         rate = (step - step_log) / max(now - t_log, 1e-9)
         scalars = dict(last_measurements)
-        # Logged with the first record after the switch, so a run resumed
-        # from a checkpoint at step N (which switches again) writes it once.
-        scalars.update(switch_stats)
-        switch_stats = {}
+        # The switch's are logged with the first record after it, so a run
+        # resumed from a checkpoint at step N (which switches again) writes
+        # them once.
+        scalars.update(pending_scalars)
+        pending_scalars = {}
         scalars['steps_per_sec'] = rate
         scalars['images_per_sec'] = rate * config.batch_size
         scalars['input_wait_fraction'] = wait_time / max(now - t_log, 1e-9)

@@ -352,6 +352,32 @@ def test_tune_host_allocator_opt_outs(monkeypatch):
   assert not sharding.tune_host_allocator()
 
 
+def test_host_allocator_tuning_is_for_cpu_runs(monkeypatch, tmp_path):
+  """With a JAX accelerator plugin installed the tuning is skipped (one
+  arena would serialise the runtime's host threads), unless JAX_PLATFORMS
+  pins the run to the CPU or PCAVAE_MALLOC_TUNING=1 forces it."""
+  from pcavae import sharding  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv('JAX_PLATFORMS', raising=False)
+  monkeypatch.delenv('PCAVAE_MALLOC_TUNING', raising=False)
+  for var in ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
+              'GLIBC_TUNABLES'):
+    monkeypatch.delenv(var, raising=False)
+  assert not sharding.accelerator_expected()        # this CPU-only venv
+  info = tmp_path / 'jax_cuda13_plugin-0.11.2.dist-info'
+  info.mkdir()
+  (info / 'METADATA').write_text(
+      'Metadata-Version: 2.1\nName: jax-cuda13-plugin\nVersion: 0.11.2\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  assert sharding.accelerator_expected()
+  assert not sharding.tune_host_allocator()
+  monkeypatch.setenv('PCAVAE_MALLOC_TUNING', '1')
+  assert sharding.tune_host_allocator()
+  monkeypatch.delenv('PCAVAE_MALLOC_TUNING')
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  assert not sharding.accelerator_expected()
+  assert sharding.tune_host_allocator()
+
+
 @pytest.mark.parametrize('fixed', [False, True])
 @pytest.mark.parametrize('top', [1.05, 2.9, 12.0])
 def test_orthonormalize_after_a_large_step_is_the_polar_factor(fixed, top):

@@ -166,11 +166,13 @@ def _normalized_sanger_path(key, chol, rate, scale, steps, q, n):
 
   def body(carry, k):
     c, var, var_norm, t = carry
-    x = scale * (jax.random.normal(k, (n, d)) @ chol.T)
+    x = scale * jnp.matmul(jax.random.normal(k, (n, d)), chol.T,
+                           precision='highest')
     c = c + rate * pca.normalized_sanger_delta(c, x, var)
     t = t + 1
     c = jax.lax.cond(t % q == 0, pca.orthonormalize, lambda c: c, c)
-    y = x @ c
+    # The coefficients as the layer's (float32) projection makes them.
+    y = pca.project(x, c, jnp.zeros(d))[0]
     var, var_norm = pca.fade_mean(var, var_norm, jnp.mean(y * y, 0), 0.99)
     return (c, var, var_norm, t), c
 

@@ -24,6 +24,10 @@ after every part, so a part that hangs or fails costs only itself:
               On a GPU the batch-16 step is compiled again with XLA's
               autotuning off (`--xla_gpu_autotune_level=0`) for its compile
               time and speed;
+  profile     experiments/pca_profile.py: each part of the PCA's step
+              (Sanger step, Gram, Cholesky inverse, Cholesky-QR, symmetric
+              orthonormalisation, the projection's products) timed alone at
+              the spatial16 shape;
   reference   optional: `--reference_cmd` is run before and after the
               throughput parts; it must print JSON lines with `program`,
               `what` (`train` | `reconstruct`), `batch` and `images_per_s` (a
@@ -387,6 +391,22 @@ def part_reference(check, when):
   return recs
 
 
+def part_profile(check):
+  """experiments/pca_profile.py: each part of the PCA's step timed alone."""
+  out = os.path.join(check.args.out, 'pca_profile')
+  cmd = [sys.executable, 'experiments/pca_profile.py', f'--out={out}'] + (
+      ['--quick'] if check.args.quick else [])
+  res = check.run('pca_profile', cmd, 150,
+                  env=check.env(PCAVAE_COMPILATION_CACHE='0'))
+  table = os.path.join(out, 'pca_profile.md')
+  md = f"`{' '.join(cmd[1:])}`: {_status(res)}\n\n"
+  if os.path.exists(table):
+    with open(table) as f:
+      md += f.read()
+  check.add('pca_profile', "The PCA step's parts, timed alone", md,
+            dict(res, output=res['output'][-3000:]))
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--out', default='out/gpu_check')
@@ -401,9 +421,9 @@ def main(argv=None):
   p.add_argument('--reference_cmd', default='',
                  help='A command timing another implementation (see the '
                  'module docstring).')
-  p.add_argument('--parts', default='tests,train,throughput',
+  p.add_argument('--parts', default='tests,train,throughput,profile',
                  help='Comma-separated subset of tests, train, throughput, '
-                 'run in that order.')
+                 'profile, run in that order.')
   args = p.parse_args(argv)
   check = Check(args)
   info = part_environment(check)
@@ -416,9 +436,11 @@ def main(argv=None):
       part_reference(check, 'before')
       part_throughput(check, info)
       part_reference(check, 'after')
+    elif part == 'profile':
+      part_profile(check)
     else:
       raise SystemExit(f'--parts: unknown part {part!r}; choose from tests, '
-                       'train, throughput.')
+                       'train, throughput, profile.')
   check.write()
   print(open(os.path.join(args.out, 'report.md')).read())
   return 1 if check.failures() else 0

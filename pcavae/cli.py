@@ -54,7 +54,20 @@ def enable_compilation_cache() -> Optional[str]:
           or str(inception.cache_dir() / 'jax'))
   jax.config.update('jax_compilation_cache_dir', path)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.monitoring.register_event_listener(_count_cache_event)
   return path
+
+
+# Programs loaded from / compiled past the persistent cache in this process.
+CACHE_COUNTS = {'loaded': 0, 'compiled': 0}
+_CACHE_EVENTS = {'/jax/compilation_cache/cache_hits': 'loaded',
+                 '/jax/compilation_cache/cache_misses': 'compiled'}
+
+
+def _count_cache_event(event: str, **kwargs) -> None:
+  del kwargs
+  if event in _CACHE_EVENTS:
+    CACHE_COUNTS[_CACHE_EVENTS[event]] += 1
 
 
 def make_workdir(workdir: str, flag: str = '--workdir') -> str:

@@ -61,6 +61,10 @@ def main(argv):
                       for k, v in final.items()}), flush=True)
     print(f'Outputs in {workdir}: metrics.jsonl, images/, checkpoints/, '
           'config.json', flush=True)
+  if cache:
+    logging.info('Compilation cache %s: %d programs loaded, %d compiled.',
+                 cache, cli.CACHE_COUNTS['loaded'],
+                 cli.CACHE_COUNTS['compiled'])
 
 
 def run():

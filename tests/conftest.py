@@ -6,6 +6,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
+# The entry points the tests start cache compiled programs only where a test
+# asks for it (tests/test_cli.py), not in the user's ~/.cache.
+os.environ.setdefault('PCAVAE_COMPILATION_CACHE', '0')
 
 
 def tiny_config(family='pcavae', arg='runlocal', **overrides):

@@ -10,6 +10,7 @@ the interpreter; PYTHONPATH points them at this checkout.)
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -44,9 +45,9 @@ def _script(name):
   return [path]
 
 
-def _run(cmd, **kw):
+def _run(cmd, env=None, **kw):
   return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                        cwd=ROOT, env=_env(), **kw)
+                        cwd=ROOT, env=env or _env(), **kw)
 
 
 @pytest.fixture(scope='module')
@@ -54,15 +55,23 @@ def run_dir(tmp_path_factory):
   """A tiny run: 2 steps by `python -m pcavae.main`, resumed to 4 by
   `pcavae-train` with one data worker process; returns (workdir, both
   CompletedProcesses)."""
-  workdir = str(tmp_path_factory.mktemp('cli') / 'run')
+  base = tmp_path_factory.mktemp('cli')
+  workdir = str(base / 'run')
+  # As on a fresh machine: no Inception weights (rFID is asked for), and the
+  # compilation cache on, in a folder of its own.
+  env = dict(_env(), PCAVAE_CACHE=str(base / 'cache'),
+             PCAVAE_COMPILATION_CACHE='1',
+             JAX_COMPILATION_CACHE_DIR=str(base / 'jax_cache'))
+  tiny = TINY + ['--config.eval.rfid_num_images=4']
   first = _run([sys.executable, '-m', 'pcavae.main', CONFIG,
-                f'--workdir={workdir}', '--config.num_train_steps=2'] + TINY)
+                f'--workdir={workdir}', '--config.num_train_steps=2'] + tiny,
+               env=env)
   assert first.returncode == 0, first.stderr[-3000:]
   # The resumed half reads with a grain worker process (the stream does not
   # depend on the count, so the run resumes).
   second = _run(_script('pcavae-train') + [
       CONFIG, f'--workdir={workdir}', '--config.num_train_steps=4',
-      '--config.data_workers=1'] + TINY)
+      '--config.data_workers=1'] + tiny, env=env)
   assert second.returncode == 0, second.stderr[-3000:]
   return workdir, first, second
 
@@ -106,6 +115,24 @@ def test_python_m_main_trains_and_pcavae_train_resumes(run_dir):
   assert 'Resumed from the checkpoint at step 2' in second.stderr
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['model']['bottleneck']['learning_rate'] == 0.05
+
+
+def test_fresh_machine_trains_without_inception_and_restart_loads(run_dir):
+  """Missing Inception weights leave rFID out with one line naming the
+  conversion command; the resumed process loads programs the first one put
+  in the compilation cache."""
+  _, first, second = run_dir
+  counts = []
+  for out in (first, second):
+    lines = [l for l in out.stderr.splitlines() if 'rFID left out' in l]
+    assert len(lines) == 1, out.stderr[-2000:]
+    assert 'python -m pcavae.metrics.convert_inception' in lines[0]
+    found = re.search(r'(\d+) programs loaded, (\d+) compiled', out.stderr)
+    assert found, out.stderr[-2000:]
+    counts.append((int(found[1]), int(found[2])))
+    assert 'first step done in' in out.stderr
+  assert counts[0][0] == 0 and counts[0][1] > 0
+  assert counts[1][0] > 0
 
 
 def test_reconstruct_writes_every_readable_image_at_its_size(

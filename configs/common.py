@@ -1,7 +1,7 @@
 """Shared defaults and argument parsing for every `configs/<family>.py`.
 
-A config file is loaded by path (`--config=configs/pcavae.py:arg`), so this
-module is imported by path as well; see `load_common` in each config file.
+Every config file imports it as `from configs import common`, as
+big_vision's configs import `big_vision.configs.common`.
 
 `parse_arg('runlocal,res=32', res=64, runlocal=False)` returns a ConfigDict
 with the given defaults overridden: `key=value` pairs are cast to the type of

@@ -113,7 +113,7 @@ class PCABottleneck(Bottleneck):
       reference's `C (C^T C)^(-1/2)`, `pca.orthonormalize`, the closest
       orthonormal basis) or `qr` (Gram-Schmidt order by Cholesky-QR,
       `pca.orthonormalize_qr`: the order of Sanger's deflation, and about a
-      sixth of the cost after a `sanger` step at Q = D; issue 19).
+      sixth of the cost after a `sanger` step at Q = D, docs/speed.md).
       `configs/pcavae.py` takes `qr` for its `sanger` default.
     global_dim: in `global` mode, map the flattened latent to this many
       dimensions with a small MLP before the PCA and back after it (the

@@ -7,7 +7,7 @@ encoder/decoder can do with a D-channel latent of 32-bit floats.
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/ae.py:runlocal --workdir=workdirs/baselines/ae
 

@@ -9,7 +9,7 @@ below it; `k=` sets K.
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/ema_vq.py:runlocal --workdir=workdirs/baselines/ema_vq
 

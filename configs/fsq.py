@@ -9,7 +9,7 @@ give 1000 implicit codes (about 2^10, the paper's choice for that size);
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/fsq.py:runlocal --workdir=workdirs/baselines/fsq
 

@@ -13,7 +13,7 @@ undivided, H W 3 times stronger, as this config had it before).
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/kl.py:runlocal --workdir=workdirs/baselines/kl
 

@@ -8,7 +8,7 @@ entropy materialises all 2^d codes).
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/lfq.py:runlocal --workdir=workdirs/baselines/lfq
 

@@ -43,8 +43,8 @@ The default job (`make run`) is
   python -m pcavae.main --config=configs/pcavae.py:runlocal --workdir=workdirs/pcavae_runlocal
 
 which trains `spatial` PCA (8x8x64 latent, Q = 16) on the embedded
-`photo_patches` data; see README.md for the PSNR/SSIM it reaches. On CelebA-HQ
-(an `image_folder` of the 256 px images) the reference setting is
+`photo_patches` data; docs/pca_tracking.md gives the PSNR/SSIM it reaches.
+On CelebA-HQ (an `image_folder` of the 256 px images) the reference setting is
 
   python -m pcavae.main --config=configs/pcavae.py:setting=spatial16,q=51 \
     --config.dataset.name=image_folder \

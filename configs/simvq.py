@@ -7,7 +7,7 @@ Bottleneck `simvq`: codes `C W + b` with `C ~ N(0, D^-1/2)` frozen (collection
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/simvq.py:runlocal --workdir=workdirs/baselines/simvq
 

@@ -9,7 +9,7 @@ lookup dimension.
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/vqgan_fc.py:runlocal --workdir=workdirs/baselines/vqgan_fc
 

@@ -1,4 +1,4 @@
-"""Pure functions of the online PCA bottleneck (DESIGN.md §3).
+"""Pure functions of the online PCA bottleneck (docs/design.md §3).
 
 No Flax, no I/O, no config: array math only, so that every step can be tested
 against closed forms and numpy. Shapes use a leading batch of "problems" where

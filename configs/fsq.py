@@ -9,7 +9,7 @@ give 1000 implicit codes (about 2^10, the paper's choice for that size);
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/fsq.py:runlocal --workdir=workdirs/baselines/fsq
 
@@ -19,16 +19,7 @@ Latent bits per image: tokens * sum log2(L_i) (runlocal: ceil(64 * 9.97) =
   python -m pcavae.main --config=configs/fsq.py --workdir=workdirs/fsq
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-  import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-finally:
-  # Off the path again: this folder's pcavae.py would shadow the package in
-  # processes started later with this sys.path (grain's data workers).
-  sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+from configs import common
 
 
 def get_config(arg=None):

@@ -13,7 +13,7 @@ undivided, H W 3 times stronger, as this config had it before).
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/kl.py:runlocal --workdir=workdirs/baselines/kl
 
@@ -23,16 +23,7 @@ At full size (64 px, a 16x16x256 latent, 100k steps) on a GPU:
   python -m pcavae.main --config=configs/kl.py --workdir=workdirs/kl
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-  import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-finally:
-  # Off the path again: this folder's pcavae.py would shadow the package in
-  # processes started later with this sys.path (grain's data workers).
-  sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+from configs import common
 
 
 def get_config(arg=None):

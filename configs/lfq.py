@@ -8,7 +8,7 @@ entropy materialises all 2^d codes).
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/lfq.py:runlocal --workdir=workdirs/baselines/lfq
 
@@ -18,16 +18,7 @@ px, a 16x16x256 latent, 100k steps) on a GPU:
   python -m pcavae.main --config=configs/lfq.py --workdir=workdirs/lfq
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-  import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-finally:
-  # Off the path again: this folder's pcavae.py would shadow the package in
-  # processes started later with this sys.path (grain's data workers).
-  sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+from configs import common
 
 
 def get_config(arg=None):

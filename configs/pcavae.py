@@ -43,26 +43,17 @@ The default job (`make run`) is
   python -m pcavae.main --config=configs/pcavae.py:runlocal --workdir=workdirs/pcavae_runlocal
 
 which trains `spatial` PCA (8x8x64 latent, Q = 16) on the embedded
-`photo_patches` data; see README.md for the PSNR/SSIM it reaches. On CelebA-HQ
-(an `image_folder` of the 256 px images) the reference setting is
+`photo_patches` data; docs/pca_tracking.md gives the PSNR/SSIM it reaches.
+On CelebA-HQ (an `image_folder` of the 256 px images) the reference setting is
 
   python -m pcavae.main --config=configs/pcavae.py:setting=spatial16,q=51 \
     --config.dataset.name=image_folder \
     --config.dataset.path=/data/celeba_hq_256 --workdir=workdirs/pca16
 """
 
-import os
-import sys
-
 from ml_collections import config_dict
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-  import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-finally:
-  # Off the path again: this folder's pcavae.py would shadow the package in
-  # processes started later with this sys.path (grain's data workers).
-  sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+from configs import common
 
 # The `sanger` tracker's Hebbian rate (a fraction of the way to each batch's
 # normalised target per step; stable for any rate in (0, 1]).
@@ -120,8 +111,8 @@ def get_config(arg=None):
   # O(0.1) from orthonormal, and the projection C C^T is a projector only
   # for an orthonormal C. By Cholesky-QR (a Gram matrix, a Q x Q Cholesky
   # and a triangular solve; Gram-Schmidt order, the order of Sanger's
-  # deflation): issue 19 measured the symmetric Newton-Schulz polar factor
-  # at six times its cost after a rate-0.1 step.
+  # deflation); the symmetric Newton-Schulz polar factor costs six times
+  # as much after a rate-0.1 step (docs/speed.md).
   c.model.bottleneck.orthonormalize_every = 1
   if a.reference:
     # The OPCA-VAE rule: raw Sanger step at the optimizer's rate, each

@@ -8,7 +8,7 @@ default, `legacy=True` there); `k=` sets K.
 Shared flags (`runlocal`, `gan`, `res=`, `dataset=`, `warmup=N`): see
 `parse_family_arg` in configs/common.py. The comparison run
 (`experiments/baselines_runlocal.py` runs every family so; numbers in
-README.md) is
+docs/baselines.md) is
 
   python -m pcavae.main --config=configs/vqvae.py:runlocal --workdir=workdirs/baselines/vqvae
 
@@ -18,16 +18,7 @@ Latent bits per image: tokens * log2(K) (runlocal: 64 * 10 = 640). At full size
   python -m pcavae.main --config=configs/vqvae.py --workdir=workdirs/vqvae
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-  import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-finally:
-  # Off the path again: this folder's pcavae.py would shadow the package in
-  # processes started later with this sys.path (grain's data workers).
-  sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+from configs import common
 
 
 def get_config(arg=None):

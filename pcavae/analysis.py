@@ -1,6 +1,6 @@
 """Dimensional-collapse analysis: spectra, effective dimensions, k-means.
 
-Pure array math (DESIGN.md §2): no Flax, no I/O, no config.
+Pure array math (docs/design.md §2): no Flax, no I/O, no config.
 
 Spectra (numpy, float64, host side; they run once per eval on a few
 thousand vectors):

@@ -1,4 +1,4 @@
-"""Latent bit accounting and empirical entropy (DESIGN.md §3, §6).
+"""Latent bit accounting and empirical entropy (docs/design.md §3, §6).
 
 Bits per image
 --------------

@@ -260,8 +260,8 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` as `--config=` does (for notebooks,
-  experiments and tests; a config file's name may shadow a package, e.g.
-  `configs/pcavae.py`, so it is loaded by path, not imported by name)."""
+  experiments and tests): by path, under a module name of its own, since a
+  config file's name may be a package's (`configs/pcavae.py`)."""
   path, _, arg = spec.partition(':')
   if not os.path.exists(path):
     raise FileNotFoundError(f'Config file {path!r} not found.')
@@ -302,7 +302,7 @@ def flatten(tree: Any, prefix: str = '') -> Dict[str, Any]:
 # matches a new one holding this value.
 ADDED_KEY_DEFAULTS = {
     'model.conv_algorithm': 'auto',   # Winograd: the same convs to rounding
-    # The adaptive AE warm-up switch (off: the fixed warmup_steps as before).
+    # The adaptive AE warm-up switch (off: the fixed warmup_steps).
     'model.bottleneck.warmup_auto': False,
     'model.bottleneck.warmup_auto_every': DEFAULT_AUTO_EVERY,
     'model.bottleneck.warmup_auto_patience': DEFAULT_AUTO_PATIENCE,
@@ -312,7 +312,7 @@ ADDED_KEY_DEFAULTS = {
     'model.bottleneck.tracker': 'reference',
     'model.bottleneck.covariance_alpha': 0.99,
     'model.bottleneck.subspace_iterations': 1,
-    # Before issue 19 every basis was re-orthonormalised symmetrically.
+    # Runs saved without the key re-orthonormalised symmetrically.
     'model.bottleneck.orthonormalization': 'symmetric',
     'data_workers': 0,
 }

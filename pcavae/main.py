@@ -4,7 +4,8 @@ r"""Command line: flags only; everything else is importable from a notebook.
 
 Any config key can be overridden, e.g. `--config.batch_size=64`.
 Multi-host: pass `--coordinator_address`, `--num_processes`, `--process_id`
-(or the `PCAVAE_*` environment variables; see README.md "On a pod").
+(or the `PCAVAE_*` environment variables; see docs/usage.md, "On a GPU,
+several GPUs, a cluster, a TPU pod").
 """
 
 import json

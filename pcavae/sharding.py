@@ -251,7 +251,7 @@ def pca_location_sharding(config: ml_collections.ConfigDict,
   both mesh axes, each of the N devices updates and projects L / N locations;
   XLA moves the samples from batch- to location-split and the reconstruction
   back (two all-to-alls of the `(L, B, D)` latent, small next to the basis).
-  Measured on 2 forced CPU devices (spatial16, README "Speed"): 1490-1641 ms
+  Measured on 2 forced CPU devices (spatial16, docs/speed.md): 1490-1641 ms
   per step split vs 1833-1883 ms replicated.
 
   None (replicated) when `config.mesh.pca_locations` is False, the bottleneck

@@ -67,7 +67,7 @@ def create_model(config: ml_collections.ConfigDict,
 
 def uses_winograd(config: ml_collections.ConfigDict) -> bool:
   """`config.model.conv_algorithm` resolved: 'auto' is Winograd on the CPU
-  backend in float32 (a 1.25x faster train step there, README "Speed"), the
+  backend in float32 (a 1.25x faster train step there, docs/speed.md), the
   direct convolution elsewhere (cuDNN and TPU choose their own algorithms,
   and Winograd's transforms lose more to bfloat16 rounding)."""
   algorithm = config.model.get('conv_algorithm', 'auto')

@@ -1,4 +1,4 @@
-"""The train state's layout: a plain dict (DESIGN.md §4).
+"""The train state's layout: a plain dict (docs/design.md §4).
 
   params                trainable parameters (float32)
   opt_state             optax state

@@ -1,5 +1,6 @@
 """Every entry point the README names, run as a user runs it: a real
-subprocess on one tiny run trained once for the module.
+subprocess on one tiny run trained once for the module; and every command
+that README.md and docs/*.md show, parsed by its program.
 
 `python -m pcavae.main` trains 2 steps, the console script `pcavae-train`
 resumes it to 4; `python -m pcavae.reconstruct` and `pcavae-reconstruct`
@@ -8,9 +9,11 @@ the interpreter; PYTHONPATH points them at this checkout.)
 """
 
 import csv
+import importlib.metadata
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -19,6 +22,7 @@ from PIL import Image
 import pytest
 
 from conftest import ROOT
+import doc_commands
 
 TINY = ['--config.resolution=16', '--config.model.channels=(8,16)',
         '--config.model.latent_dim=8', '--config.model.num_res_layers=1',
@@ -223,3 +227,81 @@ def test_bad_paths_are_one_line_errors(tmp_path):
   assert last.startswith('Invalid config: config.model.bottleneck.'
                          'num_components=99 (Q) exceeds'), last
   assert not (tmp_path / 'bad').exists()
+
+
+# -- every command README.md and docs/*.md show ------------------------------
+
+DOC_COMMANDS = doc_commands.documented_commands(ROOT)
+
+
+def _console_scripts():
+  """`{script: module}` of this package's console scripts."""
+  scripts = importlib.metadata.distribution('pcavae').entry_points
+  return {e.name: e.value.split(':')[0] for e in scripts
+          if e.group == 'console_scripts'}
+
+
+def _program(command):
+  """`(program, arguments)`: a module, a script path, or `make`."""
+  words = shlex.split(command)
+  if words[0] in ('python', 'python3'):
+    if words[1] == '-m':
+      return words[2], words[3:]
+    return os.path.join(ROOT, words[1]), words[2:]
+  if words[0] == 'make':
+    return 'make', words[1:]
+  return _console_scripts()[words[0]], words[1:]
+
+
+def _by_program():
+  out = {}
+  for page, command in DOC_COMMANDS:
+    program, args = _program(command)
+    out.setdefault(program, []).append((page, command, args))
+  return out
+
+
+def test_the_pages_commands_are_found():
+  """Commands from each kind of place: fenced and indented blocks, a
+  wrapped inline span, a command inside another, README and docs/."""
+  found = {command: page for page, command in DOC_COMMANDS}
+  assert found['make run'] == 'README.md'
+  assert found['python -m pcavae.main --config=configs/vqvae.py:runlocal,'
+               'warmup=1200 --config.model.bottleneck.warmup_auto=True '
+               '--workdir=workdirs/vq_auto'] == 'docs/collapse_and_warmup.md'
+  assert found['python experiments/rate_distortion.py --quick '
+               '--figure=docs/rate_distortion.png'] == 'docs/bits_and_codec.md'
+  assert found['python -m pcavae.main --config=configs/pcavae.py:setting='
+               'spatial16,q=51 --config.batch_size=512 '
+               '--workdir=/mnt/shared/runs/pca16'] == 'docs/usage.md'
+  pages = {page for page, _ in DOC_COMMANDS}
+  docs = {'docs/' + f for f in os.listdir(os.path.join(ROOT, 'docs'))
+          if f.endswith('.md')}
+  assert pages == {'README.md'} | docs, docs - pages
+
+
+def test_documented_make_targets_exist():
+  with open(os.path.join(ROOT, 'Makefile')) as f:
+    targets = set(re.findall(r'^([\w.-]+):', f.read(), re.M))
+  for page, command, args in _by_program().get('make', []):
+    assert set(args) <= targets, (page, command)
+
+
+@pytest.mark.parametrize('program', sorted(p for p in _by_program()
+                                           if p != 'make'),
+                         ids=lambda p: os.path.relpath(p, ROOT)
+                         if os.path.isabs(p) else p)
+def test_documented_commands_parse(program):
+  """Every documented command of `program` parses as the program parses
+  it, its config loaded and validated (tests/doc_commands.py: one process
+  per program, nothing trained)."""
+  cases = _by_program()[program]
+  res = _run([sys.executable, os.path.join(ROOT, 'tests', 'doc_commands.py'),
+              program], input=json.dumps([args for _, _, args in cases]))
+  assert res.returncode == 0, res.stderr[-3000:]
+  results = [json.loads(line) for line in res.stdout.splitlines()
+             if line.startswith('{')]
+  assert len(results) == len(cases), res.stdout[-3000:]
+  failed = [f'{page}: {command}\n  {r["error"]}'
+            for (page, command, _), r in zip(cases, results) if not r['ok']]
+  assert not failed, '\n'.join(failed)

@@ -21,7 +21,7 @@ def _specs():
   out = []
   for path in sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))):
     name = os.path.basename(path)
-    if name == 'common.py':
+    if name in ('common.py', '__init__.py'):
       continue
     out += [path, path + ':runlocal']
     if name == 'pcavae.py':

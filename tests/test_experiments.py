@@ -1,4 +1,4 @@
-"""The README's experiment scripts, run in their quick (smoke) modes as
+"""The experiment scripts of docs/, run in their quick (smoke) modes as
 subprocesses, with their written numbers checked against values computed
 here: closed forms of the data they generate, the runs' own metrics.jsonl,
 and the bit counts of the configs. The notebooks' experiments (budget sweep,
@@ -204,8 +204,8 @@ def test_pca_profile_quick(tmp_path):
 
 
 def test_throughput_train_only_and_options(tmp_path):
-  """experiments/throughput.py as the README's memory and share commands run
-  it: `--train_only` times the train steps alone (no reconstruction or
+  """experiments/throughput.py as docs/speed.md's memory and share commands
+  run it: `--train_only` times the train steps alone (no reconstruction or
   maintenance programs), `pca:reference:q51` is the OPCA-VAE rule at Q = 51
   and is compared with the identity at the same convs."""
   _run('throughput.py', '--sizes=16', '--kinds=pca:reference:q51,identity',

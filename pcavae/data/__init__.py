@@ -1,4 +1,4 @@
-"""Dataset registry and grain pipelines (DESIGN.md §4 "Data").
+"""Dataset registry and grain pipelines (docs/design.md §4 "Data").
 
 `get_splits(config.dataset, resolution)` returns random-access sources of uint8
 `(R, R, 3)` images; `train_iterator` / `eval_batches` turn them into float32

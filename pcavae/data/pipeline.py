@@ -139,7 +139,7 @@ def train_iterator(source: Source, *, global_batch_size: int, seed: int,
       (`mp_prefetch`; `config.data_workers`), each with `num_threads`
       threads; 0 reads in this process. The stream is the same for every
       count (tests/test_input_pipeline.py): on a host with cores to spare
-      this is how decoding keeps up with a GPU (README "Input pipeline").
+      this is how decoding keeps up with a GPU (docs/speed.md "Input pipeline").
 
   Returns:
     An iterator of float32 arrays.

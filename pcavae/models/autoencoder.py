@@ -1,6 +1,6 @@
 """Encoder, decoder and the autoencoder around an interchangeable bottleneck.
 
-The architecture is the PCA-VAE reference's (DESIGN.md §3): per stage a 4x4
+The architecture is the PCA-VAE reference's (docs/design.md §3): per stage a 4x4
 stride-2 conv + LeakyReLU; a 3x3 conv + LeakyReLU; residual layers
 `x + conv1x1(relu(conv3x3(x)))` without bias; LeakyReLU; a 1x1 conv to D +
 LeakyReLU. The decoder mirrors it with 4x4 stride-2 transposed convs and ends

@@ -1,4 +1,4 @@
-"""Pure functions of the online PCA bottleneck (DESIGN.md §3).
+"""Pure functions of the online PCA bottleneck (docs/design.md §3).
 
 No Flax, no I/O, no config: array math only, so that every step can be tested
 against closed forms and numpy. Shapes use a leading batch of "problems" where
@@ -220,14 +220,14 @@ def orthonormalize(basis: Array, eps: float = 1e-8,
   only matrix products), which converges to it from `X = C / s` whenever
   `sigma_max(C / s)^2 < 3`; a batched eigendecomposition is many times
   slower on CPU. Each iteration costs two `(D, Q) x (Q, Q)` products (the
-  update and the next Gram matrix), so the count matters (issue 19, at
+  update and the next Gram matrix), so the count matters (at
   `spatial16` with Q = D = 256 one product is 4.3 GMAC):
 
   - The start is scaled so that `lambda_max(C^T C / s^2) <= _NS_START`
     (1.8, inside the basin `< 3`), using an upper bound of `lambda_max` (the
     largest absolute row sum of the Gram matrix). After a rate-0.1 `sanger`
     step the Gram's eigenvalues lie in about [0.9, 3]; scaling them to at
-    most 1, as before, slowed the small singular values down by a factor
+    most 1 instead would slow the small singular values down by a factor
     of about 1.3 and cost an iteration or two.
   - The error is measured as `e = min(||G - I||_F, max row sum |G - I|)`, an
     upper bound of the spectral norm of `G - I`. One more iteration maps
@@ -237,7 +237,7 @@ def orthonormalize(basis: Array, eps: float = 1e-8,
     extra iteration just to see the test pass.
 
   Where it has not converged (a rank-deficient basis, where the clamp
-  matters) the result comes from the eigendecomposition as before
+  matters) the result comes from the eigendecomposition
   (`_orthonormalize_eigh`).
 
   Args:
@@ -296,8 +296,8 @@ def orthonormalize(basis: Array, eps: float = 1e-8,
                                         lambda _, carry: body(carry), init)
   else:
     x, g, err, _, _ = jax.lax.while_loop(cond, body, init)
-  # The last update outside the cond: the cond keeps the shape it had
-  # before issue 19 (eigh or pass-through) for a basis split over devices.
+  # The last update outside the cond: the cond stays a choice between eigh
+  # and pass-through, which a basis split over devices needs.
   x = update(x, g)
   x = jax.lax.cond(err > _NS_FINAL,
                    lambda: _orthonormalize_eigh(c, eps), lambda: x)
@@ -349,7 +349,7 @@ def orthonormalize_qr(basis: Array, eps: float = 1e-8,
   (`cholesky_inverse`: about `2 Q^3 / 3` multiply-adds, in matrix products)
   and one `(D, Q) x (Q, Q)` product: at `spatial16` (Q = D = 256, 256
   locations) about a sixth of the Newton-Schulz polar factor after a
-  rate-0.1 `sanger` step (issue 19), with no data-dependent loop and no
+  rate-0.1 `sanger` step (docs/speed.md), with no data-dependent loop and no
   LAPACK call (batched LAPACK kernels deadlocked XLA:CPU with several
   devices in one process). Its orthonormality error grows with `cond(C)^2`
   times float32 rounding (about 2e-6 after a step that spread the Gram's

@@ -1,4 +1,4 @@
-"""The online PCA layer (PCA-VAE, arXiv 2602.18904; DESIGN.md §3)."""
+"""The online PCA layer (PCA-VAE, arXiv 2602.18904; docs/design.md §3)."""
 
 import functools
 from typing import Optional, Tuple
@@ -70,7 +70,7 @@ class _State:
 
 @register('pca')
 class PCABottleneck(Bottleneck):
-  """Online PCA layer (PCA-VAE, arXiv 2602.18904; DESIGN.md §3).
+  """Online PCA layer (PCA-VAE, arXiv 2602.18904; docs/design.md §3).
 
   The basis `C` and mean `mu` live in the non-trainable `pca` collection and
   are updated outside the gradient by Sanger's rule on stop-gradient inputs;
@@ -113,7 +113,7 @@ class PCABottleneck(Bottleneck):
       reference's `C (C^T C)^(-1/2)`, `pca.orthonormalize`, the closest
       orthonormal basis) or `qr` (Gram-Schmidt order by Cholesky-QR,
       `pca.orthonormalize_qr`: the order of Sanger's deflation, and about a
-      sixth of the cost after a `sanger` step at Q = D; issue 19).
+      sixth of the cost after a `sanger` step at Q = D, docs/speed.md).
       `configs/pcavae.py` takes `qr` for its `sanger` default.
     global_dim: in `global` mode, map the flattened latent to this many
       dimensions with a small MLP before the PCA and back after it (the
@@ -381,7 +381,7 @@ class PCABottleneck(Bottleneck):
 
   def _track(self, state: _State, xs: Array, lr: Optional[Array]) -> Aux:
     """One tracker step on the stop-gradient samples `xs`: the running
-    mean, then the basis (DESIGN.md §3). Returns its statistics."""
+    mean, then the basis (docs/design.md §3). Returns its statistics."""
     mu, s = pca.fade_mean(state.mean.value, state.fade_norm.value,
                           jnp.mean(xs, axis=-2), self.alpha)
     xc = xs - mu[..., None, :]

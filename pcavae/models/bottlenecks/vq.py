@@ -1,4 +1,4 @@
-"""The vector quantizers: VQ-VAE, EMA-VQ, SimVQ and VQGAN-FC (issue 4).
+"""The vector quantizers: VQ-VAE, EMA-VQ, SimVQ and VQGAN-FC.
 
 Each is selected by `config.model.bottleneck.kind`; they return `codes`, one
 int32 index per latent location, batch statistics (`codebook_usage`,

@@ -46,6 +46,7 @@ import collections
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -271,9 +272,13 @@ def part_train(check):
            f'--workdir={workdir}', '--config_mismatch=allow'] + extra
     res = check.run(f'train_{name}', cmd, 150, sample_threads=True,
                     env=check.env(JAX_COMPILATION_CACHE_DIR=cache,
-                                  **env_extra))
+                                  PCAVAE_COMPILATION_CACHE='1', **env_extra))
     m = _metrics(workdir)
-    records[name] = dict(res, output=res['output'][-3000:], metrics=m)
+    found = re.search(r'(\d+) programs loaded, (\d+) compiled',
+                      res['output'])
+    cache_counts = (int(found[1]), int(found[2])) if found else None
+    records[name] = dict(res, output=res['output'][-3000:], metrics=m,
+                         programs_loaded_compiled=cache_counts)
     cpu = res.get('user_s', 0) + res.get('system_s', 0)
     threads = ', '.join(f'{k} {v:.0f} s' for k, v in
                         res.get('threads', {}).items())
@@ -287,13 +292,15 @@ def part_train(check):
         f"{m.get('pca/captured_variance', float('nan')):.3f} | "
         f"{m.get('pca/order_spearman', float('nan')):.2f} | "
         f"{m.get('pca/orthonormality_error', float('nan')):.1e} | "
+        f"{'%d / %d' % cache_counts if cache_counts else ''} | "
         f"{threads} |")
   md = (f"`python -m pcavae.main --config={CONFIG}`"
         f"{' (tiny overrides)' if extra else ''}:\n\n"
         '| run | status | wall s | first step s | steps/s (last log) | '
         'input wait | CPU user / sys s | cores busy | captured var | rho | '
-        'orthonormality error | threads by CPU s |\n'
-        '|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+        'orthonormality error | programs loaded / compiled | '
+        'threads by CPU s |\n'
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
         + '\n'.join(rows))
   check.add('train', 'Training run of the default config (make run)', md,
             records)

@@ -221,3 +221,38 @@ def test_throughput_train_only_and_options(tmp_path):
   # Q = 51 of D = 256: the PCA step does more than the identity's.
   assert trains[0]['flops_per_step'] > trains[1]['flops_per_step']
   assert records[3]['peak_bytes'] > 0
+
+
+def test_gpu_check_quick(tmp_path):
+  """`gpu_check.py --quick` on the CPU: every part runs as a process and the
+  report holds their values: the precision tests passed, the tiny training
+  run's PCA figures and first-step latency, a restart that compiles nothing,
+  a throughput record and the PCA profile table."""
+  out = tmp_path / 'gc'
+  _run('gpu_check.py', '--quick', f'--out={out}')
+  with open(out / 'report.json') as f:
+    report = json.load(f)
+  assert report['environment']['platform'] == 'cpu'
+  assert report['tests']['rc'] == 0
+  assert any(l.startswith('3 passed') for l in report['tests']['summary'])
+  cold, warm = report['train']['cold'], report['train']['warm']
+  assert set(report['train']) == {'cold', 'warm'}
+  for run in (cold, warm):
+    assert run['rc'] == 0
+    assert run['metrics']['first_step_seconds'] > 0
+    assert 0 < run['metrics']['pca/captured_variance'] <= 1 + 1e-6
+  loaded, compiled = cold['programs_loaded_compiled']
+  assert loaded == 0 and compiled > 0
+  # The restart loads every program the first run compiled.
+  assert warm['programs_loaded_compiled'] == [compiled, 0]
+  recs = report['throughput']['tp_quick']['records']
+  train = [r for r in recs if r['measurement'] == 'train/pca']
+  assert len(train) == 1 and train[0]['batch'] == 2
+  np.testing.assert_allclose(train[0]['images_per_s'],
+                             2e3 / train[0]['step_ms'], rtol=1e-9)
+  assert [r['measurement'] for r in recs if 'compile_s' in r][0] == (
+      'compile/pca')
+  assert report['pca_profile']['rc'] == 0
+  md = (out / 'report.md').read_text()
+  assert '| cold: empty compilation cache | ok |' in md
+  assert 'orthonormalize_qr' in md      # the profile's table

@@ -10,9 +10,10 @@ after every part, so a part that hangs or fails costs only itself:
   tests       tests/test_pca.py, test_pca_fidelity.py and test_precision.py at
               the backend's default matmul precision (TF32 on recent GPUs);
   train       `python -m pcavae.main --config=configs/pcavae.py:runlocal`
-              (`make run`'s job) three times: with an empty compilation cache,
-              again with the cache it left (a restart), and with an empty cache
-              and the CPU malloc tuning forced (`PCAVAE_MALLOC_TUNING=1`). Each
+              (`make run`'s job) twice: with an empty compilation cache, and
+              again with the cache it left (a restart); with `--variants=malloc`
+              also with an empty cache and the CPU malloc tuning forced
+              (`PCAVAE_MALLOC_TUNING=1`). Each
               reports wall time, the first step's latency, steps/s, the input
               wait fraction, the PCA fidelity figures, and the process's CPU
               time (user, system) with the threads that used most of it;
@@ -21,9 +22,9 @@ after every part, so a part that hangs or fails costs only itself:
               64 px, and batch 32 bfloat16 at 256 px with MFU against
               `--peak_tflops`; `pca` beside `identity`, so the PCA's share of
               the step shows; compile time per program and peak device memory.
-              On a GPU the batch-16 step is compiled again with XLA's
-              autotuning off (`--xla_gpu_autotune_level=0`) for its compile
-              time and speed;
+              With `--variants=autotune0`, on a GPU, the batch-16 step is
+              compiled again with XLA's autotuning off
+              (`--xla_gpu_autotune_level=0`) for its compile time and speed;
   profile     experiments/pca_profile.py: each part of the PCA's step
               (Sanger step, Gram, Cholesky inverse, Cholesky-QR, symmetric
               orthonormalisation, the projection's products) timed alone at
@@ -135,6 +136,7 @@ class Check:
 
   def __init__(self, args):
     self.args = args
+    self.variants = set(filter(None, args.variants.split(',')))
     self.t0 = time.perf_counter()
     self.sections = []            # (title, markdown)
     self.records = {}
@@ -262,7 +264,7 @@ def part_train(check):
           ('warm', {}, "the cold run's cache (a restart)")]
   rows, records = [], {}
   extra = TINY_TRAIN if check.args.quick else []
-  if check.args.quick:
+  if 'malloc' not in check.variants:
     runs = [r for r in runs if r[0] != 'malloc']
   for name, env_extra, what in runs:
     cache = os.path.join(check.args.out, 'jax_cache_' + (
@@ -334,7 +336,7 @@ def part_throughput(check, info):
     steps = ['--steps=30', '--rounds=3', f'--peak_tflops={check.args.peak_tflops}']
     configs = [('tp_b16_f32', ['--sizes=64', '--batch=16',
                                '--dtypes=float32'] + steps, {})]
-    if gpu:
+    if gpu and 'autotune0' in check.variants:
       configs.append(('tp_b16_f32_autotune0', configs[0][1],
                       {'XLA_FLAGS': '--xla_gpu_autotune_level=0'}))
     configs += [('tp_b256_bf16', ['--sizes=64', '--batch=256',
@@ -428,6 +430,10 @@ def main(argv=None):
   p.add_argument('--reference_cmd', default='',
                  help='A command timing another implementation (see the '
                  'module docstring).')
+  p.add_argument('--variants', default='',
+                 help='Comma-separated extra runs: `malloc` (the training '
+                 'run again with PCAVAE_MALLOC_TUNING=1) and `autotune0` '
+                 '(the batch-16 step with XLA autotuning off, on a GPU).')
   p.add_argument('--parts', default='tests,train,throughput,profile',
                  help='Comma-separated subset of tests, train, throughput, '
                  'profile, run in that order.')

@@ -10,6 +10,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax
 import optax
 import pytest
 
@@ -561,6 +562,52 @@ def test_vqgan_step_divides_the_kl_term_as_the_plain_step():
   np.testing.assert_allclose(
       meas['loss'], meas['reconstruction_loss'] + meas['bottleneck_loss'],
       rtol=1e-6)   # step 0 < disc_start: no adversarial term
+
+
+@pytest.mark.parametrize('normalization,divisor', [('ldm', 16 * 16 * 3),
+                                                   ('none', 1)])
+def test_train_step_loss_is_mse_plus_the_weighted_kl(normalization, divisor):
+  """The plain train step's measured loss against the model's own outputs:
+  the MSE (the plain objective's pixel loss) of the reconstruction it makes
+  with the step's noise, plus
+  kl_weight * KL(q || N(0, I)) per image / divisor, the KL summed here from
+  the posterior's moments (the `moments` conv's output)."""
+  weight = 0.25  # large enough that a missing or doubled scale shows
+  config = tiny_config('kl', **{'model.bottleneck.kl_weight': weight,
+                                'loss.kl_normalization': normalization})
+  assert config.loss.reconstruction == 'auto'  # MSE under this objective
+  model = train.create_model(config)
+  tx, schedule = train.make_optimizer(config)
+  state = jax.jit(train.make_init_fn(model, tx, config))(
+      jax.random.PRNGKey(0))
+  batch = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3),
+                             minval=-1)
+  _, meas = jax.jit(train.make_train_step(model, tx, schedule, config))(
+      state, batch)
+
+  variables = {'params': state['params']}
+  # The posterior's moments, as the model computes them at the step's
+  # parameters (no noise involved).
+  _, inter = model.apply(variables, batch, train=False,
+                         capture_intermediates=True, mutable=['intermediates'])
+  (moments,) = [np.asarray(v[0], np.float64) for k, v in
+                flax.traverse_util.flatten_dict(inter['intermediates']).items()
+                if 'moments' in k]
+  mean, logvar = np.split(moments, 2, axis=-1)
+  kl = np.mean(0.5 * np.sum(mean ** 2 + np.exp(logvar) - 1 - logvar,
+                            axis=(1, 2, 3)))
+  # The reconstruction with the step's posterior sample.
+  recon, _ = model.apply(variables, batch, train=True, rngs={
+      'sample': jax.random.fold_in(state['rng'], state['step'])})
+  rec = np.mean(np.square(np.asarray(recon, np.float64)
+                          - np.asarray(batch)))
+
+  np.testing.assert_allclose(meas['bottleneck/kl'], kl, rtol=1e-5)
+  np.testing.assert_allclose(meas['bottleneck_loss'], weight * kl / divisor,
+                             rtol=1e-5)
+  np.testing.assert_allclose(meas['reconstruction_loss'], rec, rtol=1e-5)
+  np.testing.assert_allclose(meas['loss'], rec + weight * kl / divisor,
+                             rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------

@@ -326,7 +326,8 @@ def test_eval_reports_nominal_and_entropy_bits(tmp_path, family, arg,
   source = data.get_splits(config.dataset, config.resolution).eval
   n = config.eval.num_examples
   images = np.stack([source[i] for i in range(n)]).astype(np.float32)
-  _, aux = model.apply(variables, images / np.float32(127.5) - 1,
+  # The input pipeline's map to [-1, 1], to the bit.
+  _, aux = model.apply(variables, images * np.float32(1 / 127.5) - 1,
                        train=False)
 
   def plug_in(symbols):

@@ -48,7 +48,7 @@ def _first_eval_images(config, n):
   """The first n eval images in the model's [-1, 1] range."""
   source = data.get_splits(config.dataset, config.resolution).eval
   images = np.stack([source[i] for i in range(n)]).astype(np.float32)
-  return images / np.float32(127.5) - np.float32(1)
+  return images * np.float32(1 / 127.5) - np.float32(1)
 
 
 def _assert_summary(scalars, name, s):

@@ -705,6 +705,20 @@ def _smoke(tmp_path, family, arg='runlocal', **overrides):
   return config, final, records
 
 
+def _eval_code_histogram(workdir, num_codes):
+  """Counts of each code over the run's first eval.num_examples eval
+  images, from its newest checkpoint."""
+  from pcavae import data  # pylint: disable=g-import-not-at-top
+  config, model, variables, _ = train.restore_model(workdir)
+  source = data.get_splits(config.dataset, config.resolution).eval
+  images = np.stack([source[i] for i in range(config.eval.num_examples)])
+  # The input pipeline's map to [-1, 1], to the bit.
+  x = images.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1)
+  _, aux = model.apply(variables, x, train=False)
+  return np.bincount(np.asarray(aux['codes']).reshape(-1),
+                     minlength=num_codes)
+
+
 @pytest.mark.parametrize('family', FAMILIES)
 def test_train_and_evaluate_smoke_per_kind(tmp_path, family):
   config, final, records = _smoke(tmp_path, family, **_SMOKE[family])
@@ -717,10 +731,15 @@ def test_train_and_evaluate_smoke_per_kind(tmp_path, family):
   if k is None:
     assert 'eval/codebook_usage' not in final
   else:
-    assert 0 < final['eval/codebook_usage'] <= 1
-    assert 1 <= final['eval/codebook_perplexity'] <= k
-    assert final['eval/dead_codes'] == pytest.approx(
-        k * (1 - final['eval/codebook_usage']))
+    # The code histogram of the first eval.num_examples eval images under
+    # the final checkpoint, and its usage, perplexity and dead codes.
+    hist = _eval_code_histogram(str(tmp_path / family), k)
+    assert hist.sum() == config.eval.num_examples * 4 * 4
+    p = hist[hist > 0] / hist.sum()
+    assert final['eval/codebook_usage'] == pytest.approx(np.mean(hist > 0))
+    assert final['eval/codebook_perplexity'] == pytest.approx(
+        np.exp(-np.sum(p * np.log(p))), rel=1e-5)
+    assert final['eval/dead_codes'] == np.sum(hist == 0)
     assert 'bottleneck/perplexity' in train_records[-1]
   if family == 'ema_vq':
     assert 'bottleneck/dead_code_restarts' in train_records[-1]

@@ -120,3 +120,43 @@ def test_tokens_and_nominal_bits(arg, tokens):
     c.model.bottleneck.global_dim = 16
   assert bits.num_tokens(c) == tokens
   assert bits.latent_bits(c) == tokens * 4 * 3
+
+
+def test_sweep_budgets_are_the_baselines_bit_counts():
+  """The quick sweep's water-filling budgets: each baseline's tokens x bits
+  per token (ceil), those within 2 % of a smaller one merged."""
+  from pcavae import sweep  # pylint: disable=g-import-not-at-top
+  cells = [sweep.parse_baseline(n) for n in sweep.SIZES['quick']['baselines']]
+  # vq_4x4_k1024: 16 x 10; vq_8x8_k16: 64 x 4; fsq_8x8_l8555:
+  # ceil(64 log2 1000) = 638, which absorbs vq/simvq_8x8_k1024's 64 x 10;
+  # kl_8x8_c4: 64 x 4 x 32.
+  assert math.ceil(64 * math.log2(1000)) == 638
+  assert sweep.auto_budgets(cells, 'quick') == [160, 256, 638, 8192]
+
+
+def test_sweep_settings_of_a_pca_cell():
+  """pca_8x8_q50 (quick): Q = 16 of D = 32 on 8 x 8 locations, 1024
+  coefficients, so budgets up to 1024 x 16 bits are kept."""
+  from pcavae import sweep  # pylint: disable=g-import-not-at-top
+  cell = sweep.cellby_name('pca_8x8_q50', 'quick')
+  config = sweep.cell_config(cell, 'quick')
+  assert config.model.bottleneck.num_components == 16
+  settings = sweep.settings_for(cell, config, (32, 4), (100, 16384, 16385))
+  assert settings == [
+      {'setting': 'float32', 'kind': 'pca_float', 'coefficient_bits': 32},
+      {'setting': 'b4', 'kind': 'pca_fixed', 'coefficient_bits': 4},
+      {'setting': 'wf100', 'kind': 'pca_waterfill',
+       'coefficient_bit_budget': 100},
+      {'setting': 'wf16384', 'kind': 'pca_waterfill',
+       'coefficient_bit_budget': 16384}]
+
+
+def test_markdown_table_and_missing_values():
+  from pcavae import harness  # pylint: disable=g-import-not-at-top
+  rows = [['PCA', harness.fmt(27.1234, '.2f'), harness.fmt(None, '.2f')],
+          ['VQ', harness.fmt(25.0, '.2f'), harness.fmt(0.31, '.3f')]]
+  assert harness.markdown_table(['model', 'PSNR', 'LPIPS'], rows) == [
+      '| model | PSNR | LPIPS |',
+      '|---|---:|---:|',
+      '| PCA | 27.12 | - |',
+      '| VQ | 25.00 | 0.310 |']

@@ -43,3 +43,23 @@ def tiny_config(family='pcavae', arg='runlocal', **overrides):
 @pytest.fixture
 def shared_dir():
   return SHARED
+
+
+def uint8_reference(x):
+  """[-1, 1] floats -> uint8 as every written image is defined: round
+  `(x + 1) * 127.5` to the nearest level, clipped to [0, 255]. Written out
+  here so that round trips do not compare the package with itself."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  levels = np.round((np.asarray(x, np.float64) + 1.0) * 127.5)
+  return np.clip(levels, 0, 255).astype(np.uint8)
+
+
+def assert_same_image(actual, expected):
+  """Equal up to float rounding on the way: at most one level anywhere and
+  almost every pixel exact (a conversion off by half a level, e.g. floor
+  for round, moves about half of them)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  assert actual.shape == expected.shape and actual.dtype == np.uint8
+  diff = np.abs(actual.astype(int) - expected.astype(int))
+  assert diff.max() <= 1, diff.max()
+  assert np.mean(diff == 0) > 0.99, np.mean(diff == 0)

@@ -10,6 +10,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax
 import optax
 import pytest
 
@@ -563,6 +564,52 @@ def test_vqgan_step_divides_the_kl_term_as_the_plain_step():
       rtol=1e-6)   # step 0 < disc_start: no adversarial term
 
 
+@pytest.mark.parametrize('normalization,divisor', [('ldm', 16 * 16 * 3),
+                                                   ('none', 1)])
+def test_train_step_loss_is_mse_plus_the_weighted_kl(normalization, divisor):
+  """The plain train step's measured loss against the model's own outputs:
+  the MSE (the plain objective's pixel loss) of the reconstruction it makes
+  with the step's noise, plus
+  kl_weight * KL(q || N(0, I)) per image / divisor, the KL summed here from
+  the posterior's moments (the `moments` conv's output)."""
+  weight = 0.25  # large enough that a missing or doubled scale shows
+  config = tiny_config('kl', **{'model.bottleneck.kl_weight': weight,
+                                'loss.kl_normalization': normalization})
+  assert config.loss.reconstruction == 'auto'  # MSE under this objective
+  model = train.create_model(config)
+  tx, schedule = train.make_optimizer(config)
+  state = jax.jit(train.make_init_fn(model, tx, config))(
+      jax.random.PRNGKey(0))
+  batch = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3),
+                             minval=-1)
+  _, meas = jax.jit(train.make_train_step(model, tx, schedule, config))(
+      state, batch)
+
+  variables = {'params': state['params']}
+  # The posterior's moments, as the model computes them at the step's
+  # parameters (no noise involved).
+  _, inter = model.apply(variables, batch, train=False,
+                         capture_intermediates=True, mutable=['intermediates'])
+  (moments,) = [np.asarray(v[0], np.float64) for k, v in
+                flax.traverse_util.flatten_dict(inter['intermediates']).items()
+                if 'moments' in k]
+  mean, logvar = np.split(moments, 2, axis=-1)
+  kl = np.mean(0.5 * np.sum(mean ** 2 + np.exp(logvar) - 1 - logvar,
+                            axis=(1, 2, 3)))
+  # The reconstruction with the step's posterior sample.
+  recon, _ = model.apply(variables, batch, train=True, rngs={
+      'sample': jax.random.fold_in(state['rng'], state['step'])})
+  rec = np.mean(np.square(np.asarray(recon, np.float64)
+                          - np.asarray(batch)))
+
+  np.testing.assert_allclose(meas['bottleneck/kl'], kl, rtol=1e-5)
+  np.testing.assert_allclose(meas['bottleneck_loss'], weight * kl / divisor,
+                             rtol=1e-5)
+  np.testing.assert_allclose(meas['reconstruction_loss'], rec, rtol=1e-5)
+  np.testing.assert_allclose(meas['loss'], rec + weight * kl / divisor,
+                             rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------
 # Configs and end-to-end smoke runs.
 # ---------------------------------------------------------------------------
@@ -658,9 +705,26 @@ def _smoke(tmp_path, family, arg='runlocal', **overrides):
   return config, final, records
 
 
+def _eval_code_histogram(workdir, num_codes):
+  """Counts of each code over the run's first eval.num_examples eval
+  images, from its newest checkpoint."""
+  from pcavae import data  # pylint: disable=g-import-not-at-top
+  config, model, variables, _ = train.restore_model(workdir)
+  source = data.get_splits(config.dataset, config.resolution).eval
+  images = np.stack([source[i] for i in range(config.eval.num_examples)])
+  # The input pipeline's map to [-1, 1], to the bit.
+  x = images.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1)
+  _, aux = model.apply(variables, x, train=False)
+  return np.bincount(np.asarray(aux['codes']).reshape(-1),
+                     minlength=num_codes)
+
+
 @pytest.mark.parametrize('family', FAMILIES)
 def test_train_and_evaluate_smoke_per_kind(tmp_path, family):
-  config, final, records = _smoke(tmp_path, family, **_SMOKE[family])
+  # 12 eval images: the second batch of 8 is padded, and padding must not
+  # count.
+  config, final, records = _smoke(tmp_path, family, **{
+      'eval.num_examples': 12, **_SMOKE[family]})
   assert final['step'] == 2 and np.isfinite(final['eval/psnr'])
   train_records = [r for r in records if 'loss' in r]
   assert len(train_records) == 2
@@ -670,10 +734,15 @@ def test_train_and_evaluate_smoke_per_kind(tmp_path, family):
   if k is None:
     assert 'eval/codebook_usage' not in final
   else:
-    assert 0 < final['eval/codebook_usage'] <= 1
-    assert 1 <= final['eval/codebook_perplexity'] <= k
-    assert final['eval/dead_codes'] == pytest.approx(
-        k * (1 - final['eval/codebook_usage']))
+    # The code histogram of the first eval.num_examples eval images under
+    # the final checkpoint, and its usage, perplexity and dead codes.
+    hist = _eval_code_histogram(str(tmp_path / family), k)
+    assert hist.sum() == config.eval.num_examples * 4 * 4
+    p = hist[hist > 0] / hist.sum()
+    assert final['eval/codebook_usage'] == pytest.approx(np.mean(hist > 0))
+    assert final['eval/codebook_perplexity'] == pytest.approx(
+        np.exp(-np.sum(p * np.log(p))), rel=1e-5)
+    assert final['eval/dead_codes'] == np.sum(hist == 0)
     assert 'bottleneck/perplexity' in train_records[-1]
   if family == 'ema_vq':
     assert 'bottleneck/dead_code_restarts' in train_records[-1]

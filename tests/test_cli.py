@@ -20,6 +20,7 @@ import sys
 import numpy as np
 from PIL import Image
 import pytest
+from skimage.metrics import structural_similarity
 
 from conftest import ROOT
 import doc_commands
@@ -166,9 +167,21 @@ def test_reconstruct_writes_every_readable_image_at_its_size(
   assert sorted(rows) == sorted(sizes)
   for name, row in rows.items():
     assert (int(row['height']), int(row['width'])) == sizes[name]
-    assert 0 < float(row['psnr']) < 100
+    # PSNR of the written PNG against the file as PIL decodes it to RGB.
+    with Image.open(os.path.join(root, row['input'])) as original:
+      x = np.asarray(original.convert('RGB'), np.float64)
+    y = np.asarray(Image.open(out / name), np.float64)
+    psnr = 10 * np.log10(255.0 ** 2 / np.mean(np.square(x - y)))
+    assert float(row['psnr']) == pytest.approx(psnr, rel=2e-5), name
   assert rows['three.png']['ssim'] == ''  # under SSIM's 11 px window
-  assert -1 <= float(rows['big.png']['ssim']) <= 1
+  # SSIM (Gaussian 11 x 11 window, sigma 1.5, on [0, 1]) of big.jpg.
+  with Image.open(root / 'big.jpg') as original:
+    x = np.asarray(original.convert('RGB'), np.float64) / 255
+  y = np.asarray(Image.open(out / 'big.png'), np.float64) / 255
+  ssim = structural_similarity(x, y, channel_axis=-1, data_range=1.0,
+                               gaussian_weights=True, sigma=1.5,
+                               use_sample_covariance=False)
+  assert float(rows['big.png']['ssim']) == pytest.approx(ssim, abs=1e-4)
   assert float(rows['big.png']['lpips_alex']) > 0  # 48x40: LPIPS allowed
   assert rows['gray.png']['lpips_alex'] == ''  # 20 px: under AlexNet's 32
   assert int(rows['big.png']['tiles']) == 3 * 3

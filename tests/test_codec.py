@@ -12,11 +12,11 @@ import pytest
 
 from conftest import ROOT
 from conftest import tiny_config
+from conftest import uint8_reference
 from pcavae import bits
 from pcavae import codec as codec_lib
 from pcavae import tiling
 from pcavae import train
-from pcavae import viz
 from pcavae.data import image_folder
 from pcavae.data import photo_patches
 from pcavae.data import pipeline
@@ -70,7 +70,7 @@ def _eval_path(c, image, rate_kind, rate):
   recon, aux = model.apply(c.variables, pipeline.to_float(tiles), train=False)
   key = 'symbols' if c.kind == 'pca' else 'codes'
   return (np.asarray(aux[key]), np.asarray(recon),
-          viz.to_uint8(tiling.untile(np.asarray(recon), grid)))
+          uint8_reference(tiling.untile(np.asarray(recon), grid)))
 
 
 @pytest.mark.parametrize('which', ['pca', 'fsq'])

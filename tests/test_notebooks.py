@@ -138,3 +138,52 @@ def test_pca_traversal_values(experiment_dirs, cell):
       np.testing.assert_allclose(
           strips[i, k], decode(variables, moved.astype(np.float32)),
           atol=1e-5, err_msg=f'component {j}, t = {t}')
+
+
+def test_vq_traversal_values(experiment_dirs):
+  """Strip (j, t) of a VQ run decodes the eval quantization of the encoder
+  output moved at every location by t sqrt(lambda_j) v_j, with (lambda_j,
+  v_j) the j-th eigenpair of the reference set's encoder-output covariance
+  (computed here, float64, divided by n, each vector's largest entry
+  positive); info has sqrt(lambda_j) and the mean |change| from t = 0."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from pcavae import train  # pylint: disable=g-import-not-at-top
+  from pcavae import traversal  # pylint: disable=g-import-not-at-top
+  sweep, _ = experiment_dirs
+  config, model, variables, _ = train.restore_model(
+      os.path.join(sweep, 'runs', 'vq_8x8_k16'))
+  r = config.resolution
+  rng = np.random.default_rng(1)
+  x = rng.uniform(-1, 1, (2, r, r, 3)).astype(np.float32)
+  ref = rng.uniform(-1, 1, (6, r, r, 3)).astype(np.float32)
+  components, values = (0, 2), (-1.5, 0.0, 2.0)
+  strips, info = traversal.latent_traversal(model, variables, x, ref,
+                                            components, values)
+  assert strips.shape == (2, 3, 2, r, r, 3)
+
+  z_ref = np.asarray(model.apply(variables, ref, method=model.encode),
+                     np.float64)
+  z_ref = z_ref.reshape(-1, z_ref.shape[-1])
+  zc = z_ref - z_ref.mean(0)
+  lam, vec = np.linalg.eigh(zc.T @ zc / len(zc))
+  lam, vec = lam[::-1], vec[:, ::-1]
+  vec *= np.sign(vec[np.argmax(np.abs(vec), axis=0), np.arange(vec.shape[1])])
+  np.testing.assert_allclose(info['sigma'], np.sqrt(lam[list(components)]),
+                             rtol=1e-4)
+
+  def moved(offset):
+    def fn(m, a):
+      z_hat, _ = m.quantize(m.encode(a).astype(np.float32) + offset, False)
+      return m.decode(z_hat)
+    return np.asarray(model.apply(variables, x, method=fn))
+
+  for i, j in enumerate(components):
+    for k, t in enumerate(values):
+      offset = (t * np.sqrt(lam[j]) * vec[:, j]).astype(np.float32)
+      np.testing.assert_allclose(strips[i, k], moved(offset), atol=1e-4,
+                                 err_msg=f'direction {j}, t = {t}')
+    change = np.mean(np.abs(strips[i] - strips[i, 1][None]))
+    assert info['mean_abs_pixel_change'][i] == pytest.approx(change,
+                                                             rel=1e-5)
+  assert info['mean_abs_pixel_change'][0] > 0

@@ -5,11 +5,12 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import assert_same_image
 from conftest import tiny_config
+from conftest import uint8_reference
 from pcavae import reconstruct
 from pcavae import tiling
 from pcavae import train
-from pcavae import viz
 
 
 @pytest.mark.parametrize('family,arg', [
@@ -33,8 +34,8 @@ def test_tiled_reconstruction_is_the_models_output_per_tile(family, arg):
     # The reference: the model (not jitted) on exactly this image's tiles.
     tiles, grid = tiling.tile(reconstruct.to_model_range(image), 16)
     own, _ = model.apply(variables, tiles, train=False)
-    expected = viz.to_uint8(tiling.untile(np.asarray(own), grid))
-    assert np.abs(recon.astype(int) - expected.astype(int)).max() <= 1
+    expected = uint8_reference(tiling.untile(np.asarray(own), grid))
+    assert_same_image(recon, expected)
 
 
 def test_output_names_keep_the_extension_only_on_a_clash(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from pcavae import imageio
 from pcavae import reconstruct
 from pcavae import tiling
 from pcavae import train
@@ -40,8 +41,12 @@ def test_tiled_reconstruction_is_the_models_output_per_tile(family, arg):
 def test_output_names_keep_the_extension_only_on_a_clash(tmp_path):
   paths = [str(tmp_path / n) for n in ('a.jpg', 'a.png', 'b.jpeg',
                                        'sub/c.PNG')]
-  assert reconstruct.output_names(paths, str(tmp_path)) == [
-      'a.jpg.png', 'a.png.png', 'b.png', 'sub/c.png']
+  assert imageio.output_names(imageio.relative_paths(
+      paths, str(tmp_path))) == ['a.jpg.png', 'a.png.png', 'b.png',
+                                 'sub/c.png']
+  # A full name that is another input's short name moves on too.
+  assert imageio.output_names(['a.jpg', 'a.png', 'a.jpg.png']) == [
+      'a.jpg.png', 'a.png.png', 'a.jpg.png.png']
 
 
 def test_list_inputs_skips_hidden_files_and_the_output_folder(tmp_path):
@@ -49,11 +54,11 @@ def test_list_inputs_skips_hidden_files_and_the_output_folder(tmp_path):
                'out/old.png', '.git/x.png'):
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / name).write_bytes(b'')
-  found, other = reconstruct.list_inputs(str(tmp_path),
+  found, other = imageio.list_inputs(str(tmp_path),
                                          exclude=str(tmp_path / 'out'))
   assert [p[len(str(tmp_path)) + 1:] for p in found] == [
       'a.JPG', 'b.png', 'sub/c.webp']
   assert [(p[len(str(tmp_path)) + 1:], r) for p, r in other] == [
       ('notes.txt', 'not an image file (extension .txt)')]
   one = str(tmp_path / 'b.png')
-  assert reconstruct.list_inputs(one) == ([one], [])
+  assert imageio.list_inputs(one) == ([one], [])

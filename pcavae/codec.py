@@ -869,7 +869,10 @@ def main(argv: Sequence[str]) -> None:
                        'no --budget/--bits.')
     if not os.path.isdir(f.input):
       raise CodecError(f'--input={f.input!r} is not a directory.')
-    output = cli.make_workdir(f.output, flag='--output')
+    try:
+      output = cli.make_workdir(f.output, flag='--output')
+    except SystemExit as e:  # its one line, in this command's form
+      raise CodecError(str(e)) from None
     if argv[1] == 'compress':
       summary = compress_folder(f.workdir, f.input, output, budget=f.budget,
                                 bits=f.bits, batch_size=f.batch_size,

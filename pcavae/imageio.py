@@ -108,7 +108,10 @@ def read_image(path: str, max_pixels: Optional[int] = None
     OSError: naming `path` and the reason (truncated, corrupt, not an image,
       too large).
   """
+  pil_limit = Image.MAX_IMAGE_PIXELS
   try:
+    if max_pixels is not None:  # ours replaces Pillow's bomb check
+      Image.MAX_IMAGE_PIXELS = None
     with Image.open(path) as image:
       width, height = image.size
       if max_pixels is not None and width * height > max_pixels:
@@ -120,6 +123,8 @@ def read_image(path: str, max_pixels: Optional[int] = None
       array = image_folder.pil_to_rgb(ImageOps.exif_transpose(image))
   except Exception as e:  # pylint: disable=broad-except
     raise OSError(f'{path}: {type(e).__name__}: {e}') from e
+  finally:
+    Image.MAX_IMAGE_PIXELS = pil_limit
   notes = [f'first of {frames} frames'] if frames > 1 else []
   return array, notes
 

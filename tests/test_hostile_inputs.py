@@ -188,6 +188,9 @@ def test_output_problems_are_one_line(codec_pca_workdir, odd_folder,
        'error: --max_pixels=0 must be positive.'),
       (('pcavae.reconstruct', f'--output={a_file}'),
        f'Cannot create --output={a_file}: File exists.'),
+      (('pcavae.reconstruct', f'--output={tmp_path / "o"}',
+        '--batch_size=0'),
+       '--batch_size=0 must be positive.'),
   ]
   for args, last in cases:
     done = _run(*args, f'--workdir={codec_pca_workdir}', f'--input={root}')

@@ -96,21 +96,36 @@ def make_tile_fn(model, variables, batch_size: int
 
 
 def reconstruct_images(images: Sequence[np.ndarray], tile_fn: Callable,
-                       resolution: int) -> list[np.ndarray]:
+                       resolution: int, overlap: int = 0) -> list[np.ndarray]:
   """Reconstructs uint8 `(H, W, 3)` images of any size by tiling; uint8 out.
 
+  With `overlap` > 0 neighbouring tiles share that many pixels and are
+  cross-faded (`tiling.tile_overlapping` / `tiling.blend`), which hides the
+  seams at tile borders for ~(R / (R - overlap))^2 times the tiles.
   The tiles of all `images` go through `tile_fn` together, so the padding of
   the last fixed-size batch is paid once per call, not once per image.
   """
-  cut = [tiling.tile(to_model_range(im), resolution) for im in images]
+  if overlap:
+    cut = [tiling.tile_overlapping(to_model_range(im), resolution, overlap)
+           for im in images]
+    stitch = tiling.blend
+  else:
+    cut = [tiling.tile(to_model_range(im), resolution) for im in images]
+    stitch = tiling.untile
   if not cut:
     return []
   recon = tile_fn(np.concatenate([tiles for tiles, _ in cut]))
   out, start = [], 0
   for tiles, grid in cut:
-    out.append(to_uint8(tiling.untile(recon[start:start + len(tiles)], grid)))
+    out.append(to_uint8(stitch(recon[start:start + len(tiles)], grid)))
     start += len(tiles)
   return out
+
+
+def num_tiles(shape: Sequence[int], resolution: int, overlap: int) -> int:
+  """Tiles `reconstruct_images` cuts an image of `shape` into."""
+  return tiling.overlap_grid_for(shape[0], shape[1], resolution,
+                                 overlap).num_tiles
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -178,7 +193,7 @@ class Progress:
 def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
                        batch_size: int = 32, side_by_side: bool = False,
                        full_size: bool = True, lpips: bool = True,
-                       progress: bool = True) -> Result:
+                       progress: bool = True, overlap: int = 0) -> Result:
   """Reconstructs every readable image under `input_dir` into `output_dir`.
 
   Args:
@@ -191,6 +206,7 @@ def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
       to the run's resolution).
     lpips: add LPIPS-AlexNet to `metrics.csv` where the image allows.
     progress: draw a progress bar on stderr.
+    overlap: pixels shared by neighbouring tiles, cross-faded (0: none).
 
   Returns:
     A `Result`; `written` is empty when no image could be read or written.
@@ -206,11 +222,16 @@ def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
     raise FileNotFoundError(f'--input={input_dir} does not exist.')
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be positive.')
+  if overlap < 0:
+    raise ValueError(f'overlap={overlap} must be >= 0.')
   paths, other = imageio.list_inputs(input_dir, exclude=output_dir)
   skipped, notes = list(other), []
   names = imageio.output_names(imageio.relative_paths(paths, input_dir))
   config, model, variables, step = train.restore_model(workdir)
   r = config.resolution
+  if overlap >= r:
+    raise ValueError(f'overlap={overlap} must be less than the run\'s '
+                     f'resolution, {r} px.')
   tile_fn = make_tile_fn(model, variables, batch_size)
   measure = ImageMetrics(lpips=lpips)
   logging.info('Reconstructing %d files with the step-%d model of %s, %s.',
@@ -221,7 +242,8 @@ def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
   written, rows, pending = [], [], []
 
   def flush():
-    recons = reconstruct_images([im for _, _, im in pending], tile_fn, r)
+    recons = reconstruct_images([im for _, _, im in pending], tile_fn, r,
+                                overlap)
     for (path, name, image), recon in zip(pending, recons):
       out = os.path.join(output_dir, name)
       try:
@@ -235,7 +257,7 @@ def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
                             if os.path.isdir(input_dir) else path,
                    'output': name, 'height': image.shape[0],
                    'width': image.shape[1],
-                   'tiles': tiling.grid_for(*image.shape[:2], r).num_tiles,
+                   'tiles': num_tiles(image.shape, r, overlap),
                    **measure(image, recon)})
     pending.clear()
 
@@ -255,7 +277,7 @@ def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
       else:
         notes.extend((path, n) for n in image_notes)
         pending.append((path, name, image))
-        pending_tiles += tiling.grid_for(*image.shape[:2], r).num_tiles
+        pending_tiles += num_tiles(image.shape, r, overlap)
         if pending_tiles >= batch_size:
           flush()
           pending_tiles = 0
@@ -306,6 +328,10 @@ def define_flags() -> None:
       '--nofull_size center-crops and resizes to the run\'s resolution.')
   flags.DEFINE_bool('lpips', True, 'LPIPS-AlexNet per image in metrics.csv.')
   flags.DEFINE_bool('progress', True, 'Progress bar on stderr.')
+  flags.DEFINE_integer(
+      'overlap', 0, 'Pixels shared by neighbouring tiles, cross-faded to '
+      'hide the seams at tile borders (0: none; costs ~(R / (R - overlap))^2 '
+      'times the tiles).')
   flags.mark_flags_as_required(['workdir', 'input', 'output'])
 
 
@@ -315,11 +341,18 @@ def main(argv):
   f = flags.FLAGS
   if f.batch_size < 1:
     raise app.UsageError(f'--batch_size={f.batch_size} must be positive.')
+  if f.overlap < 0:
+    raise app.UsageError(f'--overlap={f.overlap} must be >= 0.')
   output = cli.make_workdir(f.output, flag='--output')
   try:
+    from pcavae import train  # pylint: disable=g-import-not-at-top
+    resolution = train.load_config(f.workdir).resolution
+    if f.overlap >= resolution:
+      raise SystemExit(f'pcavae.reconstruct: --overlap={f.overlap} must be '
+                       f'less than the run\'s resolution, {resolution} px.')
     result = reconstruct_folder(
         f.workdir, f.input, output, f.batch_size, f.side_by_side,
-        f.full_size, f.lpips, f.progress)
+        f.full_size, f.lpips, f.progress, f.overlap)
   except OSError as e:  # FileNotFoundError too: a missing input or run
     raise SystemExit(f'pcavae.reconstruct: {e}') from None
   n, m = len(result.written), len(result.skipped)

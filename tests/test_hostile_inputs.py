@@ -191,6 +191,10 @@ def test_output_problems_are_one_line(codec_pca_workdir, odd_folder,
       (('pcavae.reconstruct', f'--output={tmp_path / "o"}',
         '--batch_size=0'),
        '--batch_size=0 must be positive.'),
+      (('pcavae.reconstruct', f'--output={tmp_path / "o2"}',
+        '--overlap=16'),
+       "pcavae.reconstruct: --overlap=16 must be less than the run's "
+       'resolution, 16 px.'),
   ]
   for args, last in cases:
     done = _run(*args, f'--workdir={codec_pca_workdir}', f'--input={root}')
@@ -205,13 +209,13 @@ def test_reconstruct_shares_the_contract(codec_pca_workdir, odd_folder,
                                          tmp_path):
   """Every format, upright, first frame noted, and a PNG path that is a
   folder: that image skipped with the reason, the rest written, and
-  metrics.csv holding them."""
+  metrics.csv holding them. Tiles overlap by 8 px, cross-faded."""
   root, sizes = odd_folder
   out = tmp_path / 'out'
   (out / 'w.png').mkdir(parents=True)  # where w.webp's PNG would go
   done = _run('pcavae.reconstruct', f'--workdir={codec_pca_workdir}',
               f'--input={root}', f'--output={out}', '--nolpips',
-              '--noprogress', '--batch_size=8')
+              '--noprogress', '--batch_size=8', '--overlap=8')
   assert done.returncode == 0 and 'Traceback' not in done.stderr
   skips = {os.path.basename(l.split(':')[0][len('skipped '):]): l
            for l in done.stderr.splitlines() if l.startswith('skipped ')}
@@ -226,6 +230,9 @@ def test_reconstruct_shares_the_contract(codec_pca_workdir, odd_folder,
   assert sorted(rows) == sorted(set(sizes) - {'w.webp'})
   for name, row in rows.items():
     assert (int(row['height']), int(row['width'])) == sizes[name], name
+  # 36 x 20 in 16 px tiles 8 px apart: 4 down, 2 across (without overlap,
+  # 3 x 2).
+  assert rows['portrait.jpg']['tiles'] == '8'
   assert (np.asarray(Image.open(out / 'portrait.png')).shape
           == (36, 20, 3))
   assert (out / 'X.jpg.png').exists() and (out / 'X.png.png').exists()

@@ -239,6 +239,10 @@ def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
                'at full size in %dx%d tiles' % (r, r) if full_size
                else 'center-cropped and resized to %d px' % r)
   bar = Progress(len(paths)) if progress else None
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+  except OSError as e:
+    raise OSError(f'cannot create {output_dir}: {e.strerror or e}') from e
   written, rows, pending = [], [], []
 
   def flush():

@@ -16,6 +16,11 @@ animation, with a note) is read as `pcavae.imageio` says and
 - `--nofull_size`: center-cropped to a square and resized to the run's
   resolution, as training and eval see images.
 
+Tiles are reconstructed independently, so their borders can show as a grid
+of seams; `--overlap=N` cuts tiles that share N px with each neighbour and
+cross-fades them (`tiling.tile_overlapping` / `tiling.blend`), at
+~(R / (R - N))^2 times the tiles.
+
 Each is written to `<output>/<relative path>.png` (the extension kept,
 `a.jpg.png`, where two inputs would share a name), or with `--side_by_side`
 as input | reconstruction. Tiles of all images go through the same jitted

@@ -6,7 +6,12 @@ r"""Images <-> entropy-coded bitstreams (`.pcav` files) of a trained model.
 
 (console scripts `pcavae-compress` / `pcavae-decompress` run the same).
 `compress` writes `OUT/<relative path>.pcav` for every readable image under
-DIR; `decompress` writes `DIR2/<relative path>.png` at each image's own size.
+DIR; `decompress` writes `DIR2/<relative path>.png` at each image's own size
+(`X.jpg.png` where `X.png` would also be another file's). What is read and
+how failures are reported is `pcavae.imageio`'s contract, shared with
+`pcavae.reconstruct`: any format Pillow opens, EXIF orientation applied, the
+first frame of an animation (with a note), skips and failures named on
+stderr, a non-zero exit when any file fails or nothing is written.
 Both print bits per pixel from the file sizes, per image and in total, and
 `compress` the PSNR of what `decompress` will write against the input.
 
@@ -69,6 +74,21 @@ The fingerprint is the first 8 bytes of SHA-256 over the run's config
 model's workdir, a truncated or a corrupt file (CRC mismatch) raises
 `CodecError` naming the file; the command line prints it on one line and
 writes no image for that file.
+
+Every file is decoded as if hostile, so that what a header claims cannot
+cost more than the image it really holds:
+
+* the file's size must be the header's before its payload is read;
+* the image may have at most `--max_pixels` pixels (default 8192 x 8192),
+  checked before anything is allocated;
+* the payload's length must lie within what the header's tile count and
+  rate can give (`payload_word_bounds`), so a short file cannot claim a
+  large image;
+* the payload must be exactly the range coder's output for the symbols it
+  decodes to (re-encoded and compared), so the decoder ends at its end.
+
+The fuzz test (`tests/test_codec_fuzz.py`) and an atheris harness
+(`tests/fuzz_codec.py`) check that nothing but `CodecError` comes out.
 """
 
 from __future__ import annotations
@@ -91,7 +111,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcavae import bits
+from pcavae import cli
 from pcavae import configlib
+from pcavae import imageio
 from pcavae.models import coding
 
 FORMAT_VERSION = 1
@@ -99,6 +121,18 @@ MAGIC = b'PCAV'
 SUFFIX = '.pcav'
 RATE_CODES, RATE_BITS, RATE_BUDGET = 0, 1, 2
 DEFAULT_COUNT_IMAGES = 2048
+# The largest image a file may claim (and compress accepts) unless
+# --max_pixels says otherwise: 8192 x 8192, beyond any camera a user would
+# plausibly compress, and small enough that decoding it fits in a few GB.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+# constriction's `Categorical(perfect=False)` quantizes probabilities to
+# 24 bits, so no symbol costs more than 24 bits and each probability moves
+# by at most a few units of 2^-24.
+_PROBABILITY_BITS = 24
+# The range coder's flush and the slack of its finite precision: what a
+# payload may differ by from the information content of its symbols.
+_FLUSH_BITS = 64
+_PRECISION_SLACK = 1e-3
 CODE_COUNTS_DIR = 'codec'
 
 _HEADER = struct.Struct('<4sBB8sIIHIII')
@@ -137,6 +171,42 @@ def pack_file(header: Header, words: np.ndarray) -> bytes:
   return head + struct.pack('<I', zlib.crc32(head + payload)) + payload
 
 
+def unpack_header(head: bytes, path: str) -> Tuple[Header, int]:
+  """Parses the fixed-size header alone, so that a file's size can be
+  checked against it before the payload is read.
+
+  Args:
+    head: at least the file's first `HEADER_BYTES` bytes.
+    path: the file's name, for the error messages.
+
+  Returns:
+    `(header, its CRC-32)`.
+
+  Raises:
+    CodecError: shorter than a header, not a `.pcav` file, another format
+      version, or fields no encoder writes (unknown rate kind, an empty
+      image or tile).
+  """
+  if len(head) < HEADER_BYTES:
+    raise CodecError(f'{path}: truncated ({len(head)} bytes, shorter than '
+                     f'the {HEADER_BYTES}-byte header).')
+  (magic, version, rate_kind, fp, height, width, tile_size, rate, words,
+   crc) = _HEADER.unpack_from(head)
+  if magic != MAGIC:
+    raise CodecError(f'{path}: not a .pcav file (magic {magic!r}).')
+  if version != FORMAT_VERSION:
+    raise CodecError(f'{path}: format version {version}; this decoder reads '
+                     f'version {FORMAT_VERSION}.')
+  header = Header(fp, height, width, tile_size, rate_kind, rate, words,
+                  version)
+  return header, crc
+
+
+def file_bytes(header: Header) -> int:
+  """The size in bytes of a file with this header."""
+  return HEADER_BYTES + 4 * header.payload_words
+
+
 def unpack_file(data: bytes, path: str, fingerprint: Optional[bytes] = None
                 ) -> Tuple[Header, np.ndarray]:
   """Parses and checks a `.pcav` file's bytes.
@@ -153,33 +223,33 @@ def unpack_file(data: bytes, path: str, fingerprint: Optional[bytes] = None
     CodecError: not a `.pcav` file, another format version, another model,
       truncated (or trailing bytes), or corrupt (CRC mismatch).
   """
-  if len(data) < HEADER_BYTES:
-    raise CodecError(f'{path}: truncated ({len(data)} bytes, shorter than '
-                     f'the {HEADER_BYTES}-byte header).')
-  (magic, version, rate_kind, fp, height, width, tile_size, rate, words,
-   crc) = _HEADER.unpack_from(data)
-  if magic != MAGIC:
-    raise CodecError(f'{path}: not a .pcav file (magic {magic!r}).')
-  if version != FORMAT_VERSION:
-    raise CodecError(f'{path}: format version {version}; this decoder reads '
-                     f'version {FORMAT_VERSION}.')
-  expected = HEADER_BYTES + 4 * words
+  header, crc = unpack_header(data, path)
+  expected = file_bytes(header)
   if len(data) != expected:
     raise CodecError(f'{path}: truncated, padded or a corrupt header '
                      f'({len(data)} bytes, the header says {expected}).')
   payload = data[HEADER_BYTES:]
   if zlib.crc32(data[:HEADER_BYTES - 4] + payload) != crc:
     raise CodecError(f'{path}: corrupt (CRC-32 mismatch).')
-  if fingerprint is not None and fp != fingerprint:
+  if fingerprint is not None and header.fingerprint != fingerprint:
     raise CodecError(f'{path}: written by another model (fingerprint '
-                     f'{fp.hex()}, this workdir is {fingerprint.hex()}).')
-  if (rate_kind not in (RATE_CODES, RATE_BITS, RATE_BUDGET) or not height
-      or not width or not tile_size):
-    raise CodecError(f'{path}: invalid header (rate kind {rate_kind}, '
-                     f'{width}x{height}, tile {tile_size}).')
-  header = Header(fp, height, width, tile_size, rate_kind, rate, words,
-                  version)
+                     f'{header.fingerprint.hex()}, this workdir is '
+                     f'{fingerprint.hex()}).')
+  if (header.rate_kind not in (RATE_CODES, RATE_BITS, RATE_BUDGET)
+      or not header.height or not header.width or not header.tile_size):
+    raise CodecError(f'{path}: invalid header (rate kind {header.rate_kind}, '
+                     f'{header.width}x{header.height}, tile '
+                     f'{header.tile_size}).')
   return header, np.frombuffer(payload, '<u4').astype(np.uint32)
+
+
+def check_pixels(height: int, width: int, max_pixels: int, path: str) -> None:
+  """Raises CodecError naming `path` when `height * width` exceeds
+  `max_pixels` (the `--max_pixels` flag)."""
+  if height * width > max_pixels:
+    raise CodecError(
+        f'{path}: {width}x{height} is {height * width:,} pixels, over the '
+        f'limit of {max_pixels:,} (--max_pixels).')
 
 
 def model_fingerprint(config: Any, step: int) -> bytes:
@@ -217,13 +287,45 @@ def encode_streams(streams: Sequence[Tuple[np.ndarray, np.ndarray]]
   return np.asarray(encoder.get_compressed(), np.uint32), num_bits
 
 
+def payload_word_bounds(streams: Sequence[Tuple[int, np.ndarray]]
+                        ) -> Tuple[int, int]:
+  """The fewest and most 32-bit words `encode_streams` can write for
+  `(count, probabilities)` streams, whatever the symbols.
+
+  Each symbol costs between `-log2` of its model's largest and smallest
+  probability (as the coder quantizes them to 24 bits); the coder adds at
+  most a flush and a little precision slack on top.
+  """
+  slack = 2.0 ** -_PROBABILITY_BITS
+  low = high = 0.0
+  for count, probabilities in streams:
+    p = np.asarray(probabilities, np.float64)
+    if not count or not p.size:
+      continue
+    moved = p.size * slack  # how far quantization may move one probability
+    low += count * -np.log2(min(1.0, float(p.max()) + moved))
+    high += count * min(float(_PROBABILITY_BITS),
+                        -np.log2(max(float(p.min()) - moved, slack)))
+  low = low * (1 - _PRECISION_SLACK) - _FLUSH_BITS
+  high = high * (1 + _PRECISION_SLACK) + _FLUSH_BITS
+  return max(0, int(np.floor(low / 32))), int(np.ceil(high / 32))
+
+
 def decode_streams(words: np.ndarray,
                    streams: Sequence[Tuple[int, np.ndarray]]
                    ) -> List[np.ndarray]:
-  """Inverse of `encode_streams`: `(count, probabilities)` per stream."""
+  """Inverse of `encode_streams`: `(count, probabilities)` per stream.
+
+  Raises:
+    CodecError: the payload is not exactly what `encode_streams` writes for
+      the symbols it decodes to: too short (the decoder ran past its end),
+      trailing words, or bits no encoder emits. Re-encoding the symbols and
+      comparing is the one check that covers all three, and it costs no
+      more than the decoding did.
+  """
   import constriction  # pylint: disable=g-import-not-at-top
-  decoder = constriction.stream.queue.RangeDecoder(
-      np.asarray(words, np.uint32))
+  words = np.asarray(words, np.uint32)
+  decoder = constriction.stream.queue.RangeDecoder(words)
   out = []
   for count, probabilities in streams:
     if count:
@@ -231,6 +333,12 @@ def decode_streams(words: np.ndarray,
                                            int(count)), np.int32))
     else:
       out.append(np.zeros((0,), np.int32))
+  again, _ = encode_streams([(values, p) for values, (_, p)
+                             in zip(out, streams)])
+  if not np.array_equal(again, words):
+    raise CodecError(
+        f'the payload does not end where its symbols do ({words.size} words; '
+        f'its {sum(n for n, _ in streams):,} symbols take {again.size}).')
   return out
 
 
@@ -262,6 +370,8 @@ class Codec:
       the counts, so a file decodes only with the frequencies it was coded
       with.
     for_decoding: rates come from each file's header; none is needed here.
+    max_pixels: the largest image compressed or decoded; a file whose
+      header claims more is refused before anything is allocated.
 
   Raises:
     CodecError: KL/identity, a quantizer not yet switched on (AE warm-up),
@@ -271,9 +381,15 @@ class Codec:
   def __init__(self, workdir: str, budget: Optional[int] = None,
                bits: Optional[int] = None, batch_size: int = 32,
                count_images: Optional[int] = None,
-               for_decoding: bool = False):
+               for_decoding: bool = False,
+               max_pixels: int = DEFAULT_MAX_PIXELS):
     from pcavae import train  # pylint: disable=g-import-not-at-top
+    if int(batch_size) < 1:
+      raise CodecError(f'--batch_size={batch_size} must be positive.')
+    if int(max_pixels) < 1:
+      raise CodecError(f'--max_pixels={max_pixels} must be positive.')
     self.workdir = workdir
+    self.max_pixels = int(max_pixels)
     config = train.load_config(workdir)
     kind = config.model.bottleneck.kind
     self.symbol_key = configlib.make_bottleneck(config).symbol_key
@@ -463,8 +579,10 @@ class Codec:
     from pcavae import tiling  # pylint: disable=g-import-not-at-top
     from pcavae import viz  # pylint: disable=g-import-not-at-top
     from pcavae.data import pipeline  # pylint: disable=g-import-not-at-top
+    image = np.asarray(image, np.uint8)
+    check_pixels(*image.shape[:2], self.max_pixels, '<image>')
     encode, decode, _ = self.functions(self.rate_kind, self.rate)
-    tiles, grid = tiling.tile(np.asarray(image, np.uint8), self.tile_size)
+    tiles, grid = tiling.tile(image, self.tile_size)
     symbols = tiling.map_tiles(
         lambda t: encode(self.variables, pipeline.to_float(t)), tiles,
         self.batch_size).astype(np.int32)
@@ -481,15 +599,28 @@ class Codec:
                       grid.num_tiles, payload_bits)
 
   def decompress(self, data: bytes, path: str = '<bytes>') -> np.ndarray:
-    """`.pcav` bytes -> the uint8 `(H, W, 3)` image (CodecError if bad)."""
+    """`.pcav` bytes -> the uint8 `(H, W, 3)` image.
+
+    Peak memory is a few bytes per decoded pixel: the header's size is
+    checked against `max_pixels` and the payload before anything is
+    allocated, and each batch of tiles is turned to uint8 as it comes.
+
+    Raises:
+      CodecError: naming `path`, whatever is wrong with the file.
+    """
     from pcavae import tiling  # pylint: disable=g-import-not-at-top
     from pcavae import viz  # pylint: disable=g-import-not-at-top
     header, symbols = self.decode_symbols(data, path)
     grid = tiling.grid_for(header.height, header.width, header.tile_size)
     _, decode, _ = self.functions(header.rate_kind, header.rate)
-    recon = tiling.map_tiles(lambda s: decode(self.variables, s), symbols,
-                             self.batch_size)
-    return viz.to_uint8(tiling.untile(recon, grid))
+    try:
+      recon = tiling.map_tiles(
+          lambda s: viz.to_uint8(decode(self.variables, s)), symbols,
+          self.batch_size)
+      return tiling.untile(recon, grid)
+    except MemoryError as e:
+      raise CodecError(f'{path}: out of memory decoding {header.width}x'
+                       f'{header.height} (lower --max_pixels).') from e
 
   def decode_symbols(self, data: bytes, path: str = '<bytes>'
                      ) -> Tuple[Header, np.ndarray]:
@@ -500,6 +631,7 @@ class Codec:
     if header.tile_size != self.tile_size:
       raise CodecError(f'{path}: tile size {header.tile_size}, the model '
                        f'works at {self.tile_size}.')
+    check_pixels(header.height, header.width, self.max_pixels, path)
     if (self.kind == 'pca') == (header.rate_kind == RATE_CODES):
       raise CodecError(f'{path}: invalid header (rate kind '
                        f'{header.rate_kind} for a {self.kind!r} model).')
@@ -511,16 +643,26 @@ class Codec:
         raise CodecError(f'{path}: invalid rate in the header: {e}') from e
     grid = tiling.grid_for(header.height, header.width, header.tile_size)
     _, _, symbol_bits = self.functions(header.rate_kind, header.rate)
-    shape = (symbol_bits.shape if symbol_bits is not None
-             else configlib.latent_shape(self.config)[:2])
-    symbols = np.zeros((grid.num_tiles,) + tuple(shape), np.int32)
+    shape = tuple(symbol_bits.shape if symbol_bits is not None
+                  else configlib.latent_shape(self.config)[:2])
     streams = self._streams(header.rate_kind, header.rate, grid.num_tiles)
-    counts = [symbols[sel].size if n < 0 else n for sel, n, _ in streams]
+    counts = [grid.num_tiles * int(np.prod(shape)) if n < 0 else n
+              for _, n, _ in streams]
+    coded = [(n, p) for n, (_, _, p) in zip(counts, streams)]
+    # Before allocating: the payload must be one the header's tile count and
+    # rate can give, so a short file cannot claim a large image.
+    low, high = payload_word_bounds(coded)
+    if not low <= words.size <= high:
+      raise CodecError(
+          f'{path}: {words.size} payload words, but {grid.num_tiles} tiles '
+          f'at this rate take {low}..{high}.')
     try:
-      decoded = decode_streams(words, [(n, p) for n, (_, _, p)
-                                       in zip(counts, streams)])
+      decoded = decode_streams(words, coded)
+    except CodecError as e:
+      raise CodecError(f'{path}: {e}') from e
     except Exception as e:  # pylint: disable=broad-except
       raise CodecError(f'{path}: the payload does not decode ({e}).') from e
+    symbols = np.zeros((grid.num_tiles,) + shape, np.int32)
     for (sel, _, _), values in zip(streams, decoded):
       symbols[sel] = values.reshape(symbols[sel].shape)
     return header, symbols
@@ -543,37 +685,48 @@ def compress_folder(workdir: str, input_dir: str, output_dir: str,
                     batch_size: int = 32,
                     count_images: Optional[int] = None,
                     codec: Optional[Codec] = None,
-                    echo=print) -> Dict[str, Any]:
+                    echo=print, error=imageio.warn,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Dict[str, Any]:
   """Writes `output_dir/<relative path>.pcav` for every image under
-  `input_dir`; returns `{'images': [per-image dicts], 'skipped': [...],
-  'bpp', 'psnr', 'seconds', 'tiles'}`."""
-  from pcavae.data import image_folder  # pylint: disable=g-import-not-at-top
+  `input_dir` (`pcavae.imageio`: any format Pillow opens, upright, first
+  frame); each file skipped or failed is named with its reason through
+  `error`. Returns `{'images': [per-image dicts], 'skipped': [...],
+  'failed': [...], 'bpp', 'psnr', 'seconds', 'tiles'}`."""
   if not os.path.isdir(input_dir):
     raise CodecError(f'--input={input_dir!r} is not a directory.')
   root = os.path.abspath(input_dir)
-  paths, skipped = image_folder.list_images(root)
+  paths, other = imageio.list_inputs(root, exclude=output_dir)
   codec = codec or Codec(workdir, budget=budget, bits=bits,
-                         batch_size=batch_size, count_images=count_images)
+                         batch_size=batch_size, count_images=count_images,
+                         max_pixels=max_pixels)
   # Count (or load) the code frequencies and compile before the clock starts.
   codec.compress(np.zeros((1, 1, 3), np.uint8))
-  for p in skipped:
-    echo(f'skipped (unreadable): {os.path.relpath(p, root)}')
+  skipped, failed = [p for p, _ in other], []
+  for p, reason in other:
+    error(f'skipped {os.path.relpath(p, root)}: {reason}')
   rows, seconds = [], 0.0
   for p in paths:
     rel = os.path.relpath(p, root)
     try:
-      image = image_folder.read_rgb(p)
+      image, notes = imageio.read_image(p, max_pixels=codec.max_pixels)
     except OSError as e:
-      echo(f'skipped (unreadable): {e}')
-      skipped += (p,)
+      reason = str(e)
+      error(f'skipped {rel}: '
+            f'{reason[len(p) + 2:] if reason.startswith(p + ": ") else reason}')
+      skipped.append(p)
       continue
+    for note in notes:
+      error(f'note {rel}: {note}')
     t0 = time.perf_counter()
     out = codec.compress(image)
     seconds += time.perf_counter() - t0
     dest = os.path.join(output_dir, rel + SUFFIX)
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    with open(dest, 'wb') as f:
-      f.write(out.data)
+    try:
+      imageio.write_bytes(out.data, dest)
+    except OSError as e:
+      error(f'error: {e}')
+      failed.append(p)
+      continue
     h, w = image.shape[:2]
     row = {'path': rel, 'file': dest, 'height': h, 'width': w,
            'bytes': len(out.data), 'tiles': out.num_tiles,
@@ -583,61 +736,81 @@ def compress_folder(workdir: str, input_dir: str, output_dir: str,
     rows.append(row)
     echo(f'{rel}: {w}x{h}, {row["bytes"]} bytes, {row["bpp"]:.4f} bpp, '
          f'PSNR {row["psnr"]:.2f} dB')
-  return _summary(rows, list(skipped), seconds, echo, 'compressed')
+  return _summary(rows, skipped, failed, seconds, echo, 'compressed')
+
+
+def read_pcav(path: str) -> bytes:
+  """A `.pcav` file's bytes, its size checked against its header before
+  the payload is read (a file cannot make the reader hold more than it is).
+
+  Raises:
+    CodecError: naming `path`: unreadable, or not the header's size.
+  """
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(HEADER_BYTES)
+      header, _ = unpack_header(head, path)
+      size = os.fstat(f.fileno()).st_size
+      if size != file_bytes(header):
+        raise CodecError(f'{path}: truncated, padded or a corrupt header '
+                         f'({size} bytes, the header says '
+                         f'{file_bytes(header)}).')
+      return head + f.read()
+  except OSError as e:
+    raise CodecError(f'{path}: cannot read ({e.strerror or e}).') from e
 
 
 def decompress_folder(workdir: str, input_dir: str, output_dir: str,
                       batch_size: int = 32, codec: Optional[Codec] = None,
-                      echo=print, error=None) -> Dict[str, Any]:
+                      echo=print, error=imageio.warn,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Dict[str, Any]:
   """Writes `output_dir/<relative path>.png` for every `.pcav` under
-  `input_dir`; a file that fails is named on one line through `error` and
-  gets no image. Returns the summary of `compress_folder` plus `failed`."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  error = error or (lambda m: print(m, file=sys.stderr, flush=True))
+  `input_dir` (`X.jpg.png` where `X.png` would be another file's too,
+  `imageio.output_names`); a file that fails is named on one line through
+  `error`, gets no image, and the folder goes on. Returns the summary of
+  `compress_folder`."""
   if not os.path.isdir(input_dir):
     raise CodecError(f'--input={input_dir!r} is not a directory.')
   root = os.path.abspath(input_dir)
-  files = sorted(os.path.join(d, f) for d, _, names in os.walk(root)
-                 for f in names if f.endswith(SUFFIX))
-  codec = codec or Codec(workdir, batch_size=batch_size, for_decoding=True)
+  files, _ = imageio.list_inputs(root, exclude=output_dir,
+                                 extensions=(SUFFIX,))
+  rels = [os.path.relpath(p, root)[:-len(SUFFIX)] for p in files]
+  names = imageio.output_names(rels)
+  codec = codec or Codec(workdir, batch_size=batch_size, for_decoding=True,
+                         max_pixels=max_pixels)
   rows, failed, seconds, warm = [], [], 0.0, set()
-  for p in files:
-    rel = os.path.relpath(p, root)[:-len(SUFFIX)]
-    with open(p, 'rb') as f:
-      data = f.read()
+  for p, rel, name in zip(files, rels, names):
     try:
-      rate = _HEADER.unpack_from(data)[2::5] if len(data) >= HEADER_BYTES \
-          else None
+      data = read_pcav(p)
+      rate = _HEADER.unpack_from(data)[2::5]
       if rate not in warm:  # the first file of each rate compiles: untimed
-        warm.add(rate)
         codec.decompress(data, p)
+        warm.add(rate)
       t0 = time.perf_counter()
       image = codec.decompress(data, p)
-    except CodecError as e:
+      seconds += time.perf_counter() - t0
+      dest = os.path.join(output_dir, name)
+      imageio.save_png(image, dest)
+    except (CodecError, OSError) as e:
       error(f'error: {e}')
       failed.append(p)
       continue
-    seconds += time.perf_counter() - t0
-    dest = os.path.join(output_dir, os.path.splitext(rel)[0] + '.png')
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    Image.fromarray(image).save(dest)
     h, w = image.shape[:2]
     row = {'path': rel, 'file': dest, 'height': h, 'width': w,
            'bytes': len(data), 'bpp': 8 * len(data) / (h * w),
            'tiles': -(-h // codec.tile_size) * -(-w // codec.tile_size)}
     rows.append(row)
     echo(f'{rel}: {w}x{h}, {row["bytes"]} bytes, {row["bpp"]:.4f} bpp')
-  summary = _summary(rows, [], seconds, echo, 'decompressed')
-  summary['failed'] = failed
-  return summary
+  return _summary(rows, [], failed, seconds, echo, 'decompressed')
 
 
-def _summary(rows, skipped, seconds, echo, verb) -> Dict[str, Any]:
+def _summary(rows, skipped, failed, seconds, echo, verb) -> Dict[str, Any]:
   pixels = sum(r['height'] * r['width'] for r in rows)
-  total = {'images': rows, 'skipped': skipped, 'seconds': seconds,
-           'tiles': sum(r['tiles'] for r in rows),
+  total = {'images': rows, 'skipped': skipped, 'failed': failed,
+           'seconds': seconds, 'tiles': sum(r['tiles'] for r in rows),
            'bpp': 8 * sum(r['bytes'] for r in rows) / max(pixels, 1)}
-  line = (f'total: {len(rows)} images {verb}, {total["bpp"]:.4f} bpp')
+  line = (f'total: {len(rows)} images {verb}, {len(skipped)} skipped, '
+          f'{len(failed)} failed, {total["bpp"]:.4f} bpp')
   if rows and 'psnr' in rows[0]:
     total['psnr'] = float(np.mean([r['psnr'] for r in rows]))
     line += f', mean PSNR {total["psnr"]:.2f} dB'
@@ -669,6 +842,10 @@ def define_flags() -> None:
       'Codes: training images whose code frequencies make the entropy model '
       '(default: the cached counts of the checkpoint, else '
       f'{DEFAULT_COUNT_IMAGES}).')
+  flags.DEFINE_integer(
+      'max_pixels', DEFAULT_MAX_PIXELS,
+      'The largest image compressed, or decoded from a file\'s header; '
+      'larger ones are refused before anything is allocated.')
 
 
 COMMANDS = ('compress', 'decompress')
@@ -682,22 +859,37 @@ def main(argv: Sequence[str]) -> None:
     if flags.FLAGS[name].value is None:
       sys.exit(f'error: --{name} is required.')
   f = flags.FLAGS
+  for name in ('batch_size', 'max_pixels'):
+    if f[name].value < 1:
+      sys.exit(f'error: --{name}={f[name].value} must be positive.')
   try:
-    if argv[1] == 'compress':
-      compress_folder(f.workdir, f.input, f.output, budget=f.budget,
-                      bits=f.bits, batch_size=f.batch_size,
-                      count_images=f.count_images)
-      return
-    if f.budget is not None or f.bits is not None:
+    if argv[1] == 'decompress' and (f.budget is not None
+                                    or f.bits is not None):
       raise CodecError('decompress reads the rate from each file; it takes '
                        'no --budget/--bits.')
-    summary = decompress_folder(f.workdir, f.input, f.output,
-                                batch_size=f.batch_size)
+    if not os.path.isdir(f.input):
+      raise CodecError(f'--input={f.input!r} is not a directory.')
+    try:
+      output = cli.make_workdir(f.output, flag='--output')
+    except SystemExit as e:  # its one line, in this command's form
+      raise CodecError(str(e)) from None
+    if argv[1] == 'compress':
+      summary = compress_folder(f.workdir, f.input, output, budget=f.budget,
+                                bits=f.bits, batch_size=f.batch_size,
+                                count_images=f.count_images,
+                                max_pixels=f.max_pixels)
+    else:
+      summary = decompress_folder(f.workdir, f.input, output,
+                                  batch_size=f.batch_size,
+                                  max_pixels=f.max_pixels)
   except (CodecError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   if summary['failed']:
     sys.exit(f'error: {len(summary["failed"])} file(s) could not be '
-             'decompressed (named above).')
+             f'{argv[1]}ed (named above).')
+  if not summary['images']:
+    sys.exit(f'error: nothing was {argv[1]}ed under --input={f.input} '
+             f'({len(summary["skipped"])} skipped, named above).')
 
 
 def _run(command: Optional[str]) -> None:

@@ -5,8 +5,9 @@ r"""Reconstruct every image in a folder with a trained model, one jitted fn.
 
 (or the console script `pcavae-reconstruct` with the same flags). Restores the
 newest good checkpoint in `--workdir` and walks `--input` recursively (or
-takes one file). Every readable image (JPEG, PNG, BMP, GIF, TIFF, WebP; any
-mode: gray, RGBA, palette, 16-bit) is converted to RGB and
+takes one file). Every readable image (any format Pillow opens; any mode:
+gray, RGBA, palette, 16-bit; EXIF orientation applied; the first frame of an
+animation, with a note) is read as `pcavae.imageio` says and
 
 - `--full_size` (the default): reconstructed at its own size. The image is
   cut into tiles of the run's resolution (`pcavae.tiling`: reflect-padded at
@@ -15,13 +16,19 @@ mode: gray, RGBA, palette, 16-bit) is converted to RGB and
 - `--nofull_size`: center-cropped to a square and resized to the run's
   resolution, as training and eval see images.
 
+Tiles are reconstructed independently, so their borders can show as a grid
+of seams; `--overlap=N` cuts tiles that share N px with each neighbour and
+cross-fades them (`tiling.tile_overlapping` / `tiling.blend`), at
+~(R / (R - N))^2 times the tiles.
+
 Each is written to `<output>/<relative path>.png` (the extension kept,
 `a.jpg.png`, where two inputs would share a name), or with `--side_by_side`
 as input | reconstruction. Tiles of all images go through the same jitted
 function in fixed-size batches (the last one zero-padded), so it compiles
-once. Files that cannot be decoded (truncated, corrupt, not an image) are
-skipped and named with the reason on stderr; the command ends with `wrote N,
-skipped M` and exits 0 when at least one image was written, 1 otherwise.
+once. Files that cannot be decoded (truncated, corrupt, not an image) or
+whose output cannot be written are skipped and named with the reason on
+stderr; the command ends with `wrote N, skipped M` and exits 0 when at least
+one image was written, 1 otherwise.
 
 `<output>/metrics.csv` holds one row per written image: PSNR and SSIM of the
 reconstruction against the model's input (the whole image, uint8 as written,
@@ -44,10 +51,9 @@ import numpy as np
 from PIL import Image
 
 from pcavae import cli
+from pcavae import imageio
 from pcavae import tiling
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff',
-                    '.webp')
 METRICS_FILE = 'metrics.csv'
 CSV_COLUMNS = ('input', 'output', 'height', 'width', 'tiles', 'psnr', 'ssim',
                'lpips_alex')
@@ -63,49 +69,9 @@ class Result:
   """What `reconstruct_folder` did."""
   written: list[str]  # output PNG paths, in input order
   skipped: list[tuple[str, str]]  # (input path, reason)
+  notes: list[tuple[str, str]]  # (input path, note), e.g. first frame only
   metrics_path: str  # <output>/metrics.csv
   rows: list[dict]  # the rows of metrics.csv
-
-
-def list_inputs(input_path: str, exclude: Optional[str] = None
-                ) -> tuple[list[str], list[tuple[str, str]]]:
-  """Files to reconstruct under `input_path` (a folder, walked recursively and
-  sorted, or one file), and the files left out with the reason.
-
-  Hidden files and folders are ignored; so is `exclude` (the output folder
-  when it lies inside the input). A file whose extension is not an image's is
-  left out and named.
-  """
-  if os.path.isfile(input_path):
-    return [input_path], []
-  exclude = os.path.abspath(exclude) if exclude else None
-  found, other = [], []
-  for directory, subdirs, names in os.walk(input_path, followlinks=True):
-    subdirs[:] = sorted(
-        d for d in subdirs if not d.startswith('.') and
-        os.path.abspath(os.path.join(directory, d)) != exclude)
-    for name in sorted(names):
-      if name.startswith('.'):
-        continue
-      path = os.path.join(directory, name)
-      if name.lower().endswith(IMAGE_EXTENSIONS):
-        found.append(path)
-      else:
-        other.append((path, 'not an image file (extension '
-                      f'{os.path.splitext(name)[1] or "none"})'))
-  return found, other
-
-
-def output_names(paths: Sequence[str], root: str) -> list[str]:
-  """`a/b.jpg` -> `a/b.png`; `a/b.jpg.png` where another input would also
-  become `a/b.png` (e.g. `b.jpg` beside `b.png`)."""
-  rels = [os.path.relpath(p, root) if os.path.isdir(root)
-          else os.path.basename(p) for p in paths]
-  stems = [os.path.splitext(r)[0] for r in rels]
-  counts = {}
-  for s in stems:
-    counts[s] = counts.get(s, 0) + 1
-  return [(s if counts[s] == 1 else r) + '.png' for s, r in zip(stems, rels)]
 
 
 def model_input(image: np.ndarray, resolution: int, full_size: bool
@@ -135,21 +101,36 @@ def make_tile_fn(model, variables, batch_size: int
 
 
 def reconstruct_images(images: Sequence[np.ndarray], tile_fn: Callable,
-                       resolution: int) -> list[np.ndarray]:
+                       resolution: int, overlap: int = 0) -> list[np.ndarray]:
   """Reconstructs uint8 `(H, W, 3)` images of any size by tiling; uint8 out.
 
+  With `overlap` > 0 neighbouring tiles share that many pixels and are
+  cross-faded (`tiling.tile_overlapping` / `tiling.blend`), which hides the
+  seams at tile borders for ~(R / (R - overlap))^2 times the tiles.
   The tiles of all `images` go through `tile_fn` together, so the padding of
   the last fixed-size batch is paid once per call, not once per image.
   """
-  cut = [tiling.tile(to_model_range(im), resolution) for im in images]
+  if overlap:
+    cut = [tiling.tile_overlapping(to_model_range(im), resolution, overlap)
+           for im in images]
+    stitch = tiling.blend
+  else:
+    cut = [tiling.tile(to_model_range(im), resolution) for im in images]
+    stitch = tiling.untile
   if not cut:
     return []
   recon = tile_fn(np.concatenate([tiles for tiles, _ in cut]))
   out, start = [], 0
   for tiles, grid in cut:
-    out.append(to_uint8(tiling.untile(recon[start:start + len(tiles)], grid)))
+    out.append(to_uint8(stitch(recon[start:start + len(tiles)], grid)))
     start += len(tiles)
   return out
+
+
+def num_tiles(shape: Sequence[int], resolution: int, overlap: int) -> int:
+  """Tiles `reconstruct_images` cuts an image of `shape` into."""
+  return tiling.overlap_grid_for(shape[0], shape[1], resolution,
+                                 overlap).num_tiles
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -217,7 +198,7 @@ class Progress:
 def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
                        batch_size: int = 32, side_by_side: bool = False,
                        full_size: bool = True, lpips: bool = True,
-                       progress: bool = True) -> Result:
+                       progress: bool = True, overlap: int = 0) -> Result:
   """Reconstructs every readable image under `input_dir` into `output_dir`.
 
   Args:
@@ -230,25 +211,32 @@ def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
       to the run's resolution).
     lpips: add LPIPS-AlexNet to `metrics.csv` where the image allows.
     progress: draw a progress bar on stderr.
+    overlap: pixels shared by neighbouring tiles, cross-faded (0: none).
 
   Returns:
-    A `Result`; `written` is empty when no image could be read.
+    A `Result`; `written` is empty when no image could be read or written.
+    `metrics.csv` holds the images written, even when a later one fails.
 
   Raises:
     FileNotFoundError: `input_dir` does not exist, or `workdir` holds no run.
+    OSError: `metrics.csv` cannot be written (one line naming it).
   """
   from pcavae import train  # pylint: disable=g-import-not-at-top
-  from pcavae.data import image_folder  # pylint: disable=g-import-not-at-top
 
   if not os.path.exists(input_dir):
     raise FileNotFoundError(f'--input={input_dir} does not exist.')
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be positive.')
-  paths, other = list_inputs(input_dir, exclude=output_dir)
-  skipped = list(other)
-  names = output_names(paths, input_dir)
+  if overlap < 0:
+    raise ValueError(f'overlap={overlap} must be >= 0.')
+  paths, other = imageio.list_inputs(input_dir, exclude=output_dir)
+  skipped, notes = list(other), []
+  names = imageio.output_names(imageio.relative_paths(paths, input_dir))
   config, model, variables, step = train.restore_model(workdir)
   r = config.resolution
+  if overlap >= r:
+    raise ValueError(f'overlap={overlap} must be less than the run\'s '
+                     f'resolution, {r} px.')
   tile_fn = make_tile_fn(model, variables, batch_size)
   measure = ImageMetrics(lpips=lpips)
   logging.info('Reconstructing %d files with the step-%d model of %s, %s.',
@@ -256,55 +244,74 @@ def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
                'at full size in %dx%d tiles' % (r, r) if full_size
                else 'center-cropped and resized to %d px' % r)
   bar = Progress(len(paths)) if progress else None
-  os.makedirs(output_dir, exist_ok=True)
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+  except OSError as e:
+    raise OSError(f'cannot create {output_dir}: {e.strerror or e}') from e
   written, rows, pending = [], [], []
 
   def flush():
-    recons = reconstruct_images([im for _, _, im in pending], tile_fn, r)
+    recons = reconstruct_images([im for _, _, im in pending], tile_fn, r,
+                                overlap)
     for (path, name, image), recon in zip(pending, recons):
       out = os.path.join(output_dir, name)
-      os.makedirs(os.path.dirname(out), exist_ok=True)
-      Image.fromarray(np.concatenate([image, recon], axis=1) if side_by_side
-                      else recon).save(out)
+      try:
+        imageio.save_png(np.concatenate([image, recon], axis=1)
+                         if side_by_side else recon, out)
+      except OSError as e:
+        skipped.append((path, str(e)))
+        continue
       written.append(out)
       rows.append({'input': os.path.relpath(path, input_dir)
                             if os.path.isdir(input_dir) else path,
                    'output': name, 'height': image.shape[0],
                    'width': image.shape[1],
-                   'tiles': tiling.grid_for(*image.shape[:2], r).num_tiles,
+                   'tiles': num_tiles(image.shape, r, overlap),
                    **measure(image, recon)})
     pending.clear()
 
   # Images are decoded one at a time and flushed once they fill a batch of
   # tiles, so memory stays near one image plus one batch.
   pending_tiles = 0
-  for i, (path, name) in enumerate(zip(paths, names)):
-    try:
-      image = model_input(image_folder.read_rgb(path), r, full_size)
-    except OSError as e:
-      reason = str(e)
-      skipped.append((path, reason[len(path) + 2:]
-                      if reason.startswith(path + ': ') else reason))
-    else:
-      pending.append((path, name, image))
-      pending_tiles += tiling.grid_for(*image.shape[:2], r).num_tiles
-      if pending_tiles >= batch_size:
-        flush()
-        pending_tiles = 0
-        if bar:
-          bar.update(i + 1)
-  flush()
+  metrics_path = os.path.join(output_dir, METRICS_FILE)
+  try:
+    for i, (path, name) in enumerate(zip(paths, names)):
+      try:
+        image, image_notes = imageio.read_image(path)
+        image = model_input(image, r, full_size)
+      except OSError as e:
+        reason = str(e)
+        skipped.append((path, reason[len(path) + 2:]
+                        if reason.startswith(path + ': ') else reason))
+      else:
+        notes.extend((path, n) for n in image_notes)
+        pending.append((path, name, image))
+        pending_tiles += num_tiles(image.shape, r, overlap)
+        if pending_tiles >= batch_size:
+          flush()
+          pending_tiles = 0
+          if bar:
+            bar.update(i + 1)
+    flush()
+  finally:  # the rows of the images written, whatever stopped the loop
+    write_metrics(rows, metrics_path)
   if bar:
     bar.update(len(paths))
-  metrics_path = os.path.join(output_dir, METRICS_FILE)
-  with open(metrics_path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: ('' if v is None else
-                           f'{v:.6g}' if isinstance(v, float) else v)
-                       for k, v in row.items()})
-  return Result(written, skipped, metrics_path, rows)
+  return Result(written, skipped, notes, metrics_path, rows)
+
+
+def write_metrics(rows: Sequence[dict], path: str) -> None:
+  """Writes `metrics.csv` (`CSV_COLUMNS`); OSError on one line."""
+  try:
+    with open(path, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+      writer.writeheader()
+      for row in rows:
+        writer.writerow({k: ('' if v is None else
+                             f'{v:.6g}' if isinstance(v, float) else v)
+                         for k, v in row.items()})
+  except OSError as e:
+    raise OSError(f'cannot write {path}: {e.strerror or e}') from e
 
 
 def _mean(rows: Sequence[dict], key: str) -> str:
@@ -330,6 +337,10 @@ def define_flags() -> None:
       '--nofull_size center-crops and resizes to the run\'s resolution.')
   flags.DEFINE_bool('lpips', True, 'LPIPS-AlexNet per image in metrics.csv.')
   flags.DEFINE_bool('progress', True, 'Progress bar on stderr.')
+  flags.DEFINE_integer(
+      'overlap', 0, 'Pixels shared by neighbouring tiles, cross-faded to '
+      'hide the seams at tile borders (0: none; costs ~(R / (R - overlap))^2 '
+      'times the tiles).')
   flags.mark_flags_as_required(['workdir', 'input', 'output'])
 
 
@@ -339,16 +350,25 @@ def main(argv):
   f = flags.FLAGS
   if f.batch_size < 1:
     raise app.UsageError(f'--batch_size={f.batch_size} must be positive.')
+  if f.overlap < 0:
+    raise app.UsageError(f'--overlap={f.overlap} must be >= 0.')
   output = cli.make_workdir(f.output, flag='--output')
   try:
+    from pcavae import train  # pylint: disable=g-import-not-at-top
+    resolution = train.load_config(f.workdir).resolution
+    if f.overlap >= resolution:
+      raise SystemExit(f'pcavae.reconstruct: --overlap={f.overlap} must be '
+                       f'less than the run\'s resolution, {resolution} px.')
     result = reconstruct_folder(
         f.workdir, f.input, output, f.batch_size, f.side_by_side,
-        f.full_size, f.lpips, f.progress)
-  except FileNotFoundError as e:
+        f.full_size, f.lpips, f.progress, f.overlap)
+  except OSError as e:  # FileNotFoundError too: a missing input or run
     raise SystemExit(f'pcavae.reconstruct: {e}') from None
   n, m = len(result.written), len(result.skipped)
+  for path, note in result.notes:
+    imageio.warn(f'note {path}: {note}')
   for path, reason in result.skipped:
-    print(f'skipped {path}: {reason}', flush=True)
+    imageio.warn(f'skipped {path}: {reason}')
   print(f'wrote {n}, skipped {m}: {output} (mean PSNR '
         f'{_mean(result.rows, "psnr")} dB, SSIM {_mean(result.rows, "ssim")}, '
         f'LPIPS {_mean(result.rows, "lpips_alex")}; per image in '

@@ -91,3 +91,86 @@ def map_tiles(fn: Callable[[np.ndarray], np.ndarray], tiles: np.ndarray,
     batch[:len(chunk)] = chunk
     out.append(np.asarray(fn(batch))[:len(chunk)])
   return np.concatenate(out) if out else np.zeros((0,) + tiles.shape[1:])
+
+
+class OverlapGrid(NamedTuple):
+  """Where the overlapping tiles of one image came from (`tile_overlapping`)."""
+  height: int  # original image height
+  width: int  # original image width
+  rows: int  # tiles down
+  cols: int  # tiles across
+  size: int  # tile side (the run's resolution)
+  overlap: int  # pixels shared by neighbouring tiles
+
+  @property
+  def num_tiles(self) -> int:
+    return self.rows * self.cols
+
+  @property
+  def stride(self) -> int:
+    return self.size - self.overlap
+
+
+def overlap_grid_for(height: int, width: int, size: int,
+                     overlap: int) -> OverlapGrid:
+  """The grid of `size` tiles, `overlap` px apart from each neighbour, that
+  covers a `height` x `width` image."""
+  grid_for(height, width, size)  # the same checks of the sizes
+  if not 0 <= overlap < size:
+    raise ValueError(f'overlap={overlap} must lie in 0..{size - 1} (the tile '
+                     f'side is {size}).')
+  stride = size - overlap
+  count = lambda side: 1 + max(0, -(-(side - size) // stride))
+  return OverlapGrid(height, width, count(height), count(width), size,
+                     overlap)
+
+
+def blend_window(size: int, overlap: int) -> np.ndarray:
+  """(size,) weights of one tile axis: a linear ramp over the `overlap` px
+  at each end, 1 between. Neighbours' ramps sum to a constant across their
+  overlap, so blending cross-fades from one tile to the next; every weight
+  is positive, so a border pixel that only one tile covers keeps its value."""
+  i = np.arange(size, dtype=np.float64) + 0.5
+  if not overlap:
+    return np.ones((size,))
+  return np.minimum(1.0, np.minimum(i, size - i) / overlap)
+
+
+def tile_overlapping(image: np.ndarray, size: int, overlap: int
+                     ) -> tuple[np.ndarray, OverlapGrid]:
+  """Cuts an (H, W, C) image into (rows * cols, size, size, C) tiles that
+  share `overlap` px with each neighbour, row-major; edges reflect-padded
+  as in `tile`. `blend` stitches them back."""
+  if image.ndim != 3:
+    raise ValueError(f'Expected an (H, W, C) image, got shape {image.shape}.')
+  h, w, _ = image.shape
+  grid = overlap_grid_for(h, w, size, overlap)
+  s = grid.stride
+  padded = _pad(image, (grid.rows - 1) * s + size - h,
+                (grid.cols - 1) * s + size - w)
+  tiles = [padded[r * s:r * s + size, c * s:c * s + size]
+           for r in range(grid.rows) for c in range(grid.cols)]
+  return np.stack(tiles), grid
+
+
+def blend(tiles: np.ndarray, grid: OverlapGrid) -> np.ndarray:
+  """Inverse of `tile_overlapping`: each pixel the weighted mean of the
+  tiles covering it (`blend_window` along each axis), cropped to (H, W, C).
+  With `overlap=0` this is `untile`."""
+  n, s, s2, c = tiles.shape
+  if n != grid.num_tiles or s != grid.size or s2 != grid.size:
+    raise ValueError(f'{tiles.shape[:3]} tiles do not fit the grid {grid}.')
+  window = blend_window(s, grid.overlap)
+  weight = (window[:, None] * window[None, :])[..., None]
+  stride = grid.stride
+  shape = ((grid.rows - 1) * stride + s, (grid.cols - 1) * stride + s)
+  total = np.zeros(shape + (c,), np.float64)
+  norm = np.zeros(shape + (1,), np.float64)
+  for i, t in enumerate(tiles):
+    r, col = divmod(i, grid.cols)
+    y, x = r * stride, col * stride
+    total[y:y + s, x:x + s] += weight * t
+    norm[y:y + s, x:x + s] += weight
+  out = total / norm
+  return out[:grid.height, :grid.width].astype(
+      tiles.dtype if np.issubdtype(tiles.dtype, np.floating) else np.float32)

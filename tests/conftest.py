@@ -40,6 +40,29 @@ def tiny_config(family='pcavae', arg='runlocal', **overrides):
   return c
 
 
+def train_codec_model(tmp_path_factory, family):
+  """A tiny run of `family` trained to its end, with one eval and one
+  checkpoint: what the codec needs (a trained checkpoint)."""
+  from pcavae import train
+  workdir = str(tmp_path_factory.mktemp(family))
+  config = tiny_config(family, **{'eval.lpips': False, 'eval_every_steps': 6,
+                                  'checkpoint_every_steps': 6})
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def codec_pca_workdir(tmp_path_factory):
+  """A tiny trained PCA run, shared by the codec's test files."""
+  return train_codec_model(tmp_path_factory, 'pcavae')
+
+
+@pytest.fixture(scope='session')
+def codec_fsq_workdir(tmp_path_factory):
+  """A tiny trained FSQ run, shared by the codec's test files."""
+  return train_codec_model(tmp_path_factory, 'fsq')
+
+
 @pytest.fixture
 def shared_dir():
   return SHARED

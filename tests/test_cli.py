@@ -152,7 +152,7 @@ def test_reconstruct_writes_every_readable_image_at_its_size(
   lines = res.stdout.splitlines()
   assert lines[-1].startswith('wrote 7, skipped 3: ')
   skipped = {os.path.basename(l.split(':')[0].split(' ', 1)[1]): l
-             for l in lines if l.startswith('skipped ')}
+             for l in res.stderr.splitlines() if l.startswith('skipped ')}
   assert sorted(skipped) == ['fake.jpg', 'notes.txt', 'truncated.jpg']
   assert 'truncated' in skipped['truncated.jpg']
   assert 'cannot identify image file' in skipped['fake.jpg']
@@ -214,7 +214,7 @@ def test_reconstruct_of_nothing_readable_fails_with_a_message(
               f'--output={tmp_path / "o"}', '--noprogress'])
   assert res.returncode != 0
   assert 'wrote 0, skipped 1' in res.stdout
-  assert f'skipped {bad / "x.jpg"}: ' in res.stdout
+  assert f'skipped {bad / "x.jpg"}: ' in res.stderr
   last = res.stderr.strip().splitlines()[-1]
   assert 'no image could be read' in last and 'Traceback' not in res.stderr
 

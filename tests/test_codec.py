@@ -25,24 +25,14 @@ from pcavae.models import coding
 BUDGET = 24  # bits per 16 x 16 tile: 4 x 4 locations x 4 components
 
 
-def _train(tmp_path_factory, family):
-  workdir = str(tmp_path_factory.mktemp(family))
-  # One eval and one checkpoint, at the end: the codec needs a trained
-  # checkpoint, not the intermediate evals.
-  config = tiny_config(family, **{'eval.lpips': False, 'eval_every_steps': 6,
-                                  'checkpoint_every_steps': 6})
-  train.train_and_evaluate(config, workdir)
-  return workdir
+@pytest.fixture(scope='module')
+def pca_workdir(codec_pca_workdir):
+  return codec_pca_workdir
 
 
 @pytest.fixture(scope='module')
-def pca_workdir(tmp_path_factory):
-  return _train(tmp_path_factory, 'pcavae')
-
-
-@pytest.fixture(scope='module')
-def fsq_workdir(tmp_path_factory):
-  return _train(tmp_path_factory, 'fsq')
+def fsq_workdir(codec_fsq_workdir):
+  return codec_fsq_workdir
 
 
 @pytest.fixture(scope='module')
@@ -221,7 +211,7 @@ def test_command_line_round_trip(pca_workdir, pca_codec, photo, tmp_path):
   done = run('compress', f'--input={src}', f'--output={packed}',
              f'--budget={BUDGET}')
   assert done.returncode == 0, done.stderr
-  assert 'skipped (unreadable): broken.jpg' in done.stdout
+  assert 'skipped broken.jpg: UnidentifiedImageError' in done.stderr
   lines = {l.split(':')[0]: l for l in done.stdout.splitlines()}
   size = os.path.getsize(packed / 'a.png.pcav')
   assert f'{size} bytes, {8 * size / (37 * 21):.4f} bpp, PSNR' in lines['a.png']

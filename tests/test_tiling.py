@@ -81,3 +81,38 @@ def test_bad_input_is_named():
   tiles, grid = tiling.tile(_image(20, 20), 8)
   with pytest.raises(ValueError, match='do not fit the grid'):
     tiling.untile(tiles[:-1], grid)
+
+
+@pytest.mark.parametrize('h,w,size,overlap', [
+    (16, 16, 16, 8), (37, 21, 16, 4), (100, 70, 32, 8), (1, 1, 8, 2),
+    (5, 70, 8, 7), (33, 17, 16, 0)])
+def test_overlapping_tiles_blend_back_to_the_image(h, w, size, overlap):
+  image = _image(h, w).astype(np.float32)
+  tiles, grid = tiling.tile_overlapping(image, size, overlap)
+  stride = size - overlap
+  assert tiles.shape == (grid.num_tiles, size, size, 3)
+  # Just enough tiles: the last one reaches the edge, one fewer would not.
+  for side, count in ((h, grid.rows), (w, grid.cols)):
+    assert (count - 1) * stride + size >= side
+    assert count == 1 or (count - 2) * stride + size < side
+  if grid.cols > 1:  # the second tile starts `stride` px to the right
+    inside = image[:size, stride:stride + size]
+    np.testing.assert_array_equal(
+        tiles[1][:inside.shape[0], :inside.shape[1]], inside)
+  np.testing.assert_allclose(tiling.blend(tiles, grid), image, atol=1e-4)
+
+
+def test_blending_cross_fades_over_the_overlap():
+  """Two constant tiles, 0 and 1, overlapping by 4 px: 0 left of the
+  overlap, 1 right of it, a linear ramp across it."""
+  tiles = np.stack([np.zeros((8, 8, 1)), np.ones((8, 8, 1))])
+  grid = tiling.overlap_grid_for(8, 12, 8, 4)
+  assert (grid.rows, grid.cols) == (1, 2)
+  row = tiling.blend(tiles, grid)[0, :, 0]
+  np.testing.assert_allclose(row, [0, 0, 0, 0, 1 / 8, 3 / 8, 5 / 8, 7 / 8,
+                                   1, 1, 1, 1], atol=1e-12)
+
+
+def test_overlap_must_be_less_than_the_tile():
+  with pytest.raises(ValueError, match='overlap=16 must lie in 0..15'):
+    tiling.overlap_grid_for(40, 40, 16, 16)

@@ -125,11 +125,25 @@ def load_image(path: str, resolution: int) -> np.ndarray:
     return sources.center_crop_resize(image, resolution)
 
 
-def read_rgb(path: str) -> np.ndarray:
-  """Decodes one whole file to uint8 `(H, W, 3)` at its own size.
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+  """A loaded PIL image of any mode as uint8 `(H, W, 3)`.
 
-  Any PIL mode (gray, RGBA, palette, CMYK, 16-bit) is converted to RGB;
-  transparency is composited on black (PIL's `convert('RGB')`).
+  Gray, RGBA, palette, CMYK go through PIL's `convert('RGB')` (transparency
+  composited on black); 16/32-bit gray is scaled to 8 bits, where PIL would
+  clip.
+  """
+  if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+    array = np.asarray(image, np.float64)
+    top = 65535.0 if image.mode.startswith('I;16') else max(
+        float(array.max()), 1.0)
+    gray = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  return np.asarray(image.convert('RGB'), np.uint8)
+
+
+def read_rgb(path: str) -> np.ndarray:
+  """Decodes one whole file to uint8 `(H, W, 3)` at its own size
+  (`pil_to_rgb`; EXIF orientation ignored, as in training).
 
   Raises:
     OSError: naming `path` and PIL's reason when the file cannot be decoded
@@ -138,14 +152,7 @@ def read_rgb(path: str) -> np.ndarray:
   try:
     with Image.open(path) as image:
       image.load()
-      if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-        # 16/32-bit gray: PIL's convert('RGB') clips instead of scaling.
-        array = np.asarray(image, np.float64)
-        top = 65535.0 if image.mode.startswith('I;16') else max(
-            float(array.max()), 1.0)
-        gray = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
-      return np.asarray(image.convert('RGB'), np.uint8)
+      return pil_to_rgb(image)
   except Exception as e:  # pylint: disable=broad-except
     raise OSError(f'{path}: {type(e).__name__}: {e}') from e
 

@@ -862,6 +862,7 @@ def main(argv: Sequence[str]) -> None:
   for name in ('batch_size', 'max_pixels'):
     if f[name].value < 1:
       sys.exit(f'error: --{name}={f[name].value} must be positive.')
+  cli.enable_compilation_cache()
   try:
     if argv[1] == 'decompress' and (f.budget is not None
                                     or f.bits is not None):

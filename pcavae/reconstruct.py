@@ -353,6 +353,7 @@ def main(argv):
   if f.overlap < 0:
     raise app.UsageError(f'--overlap={f.overlap} must be >= 0.')
   output = cli.make_workdir(f.output, flag='--output')
+  cli.enable_compilation_cache()
   try:
     from pcavae import train  # pylint: disable=g-import-not-at-top
     resolution = train.load_config(f.workdir).resolution

@@ -37,7 +37,7 @@ from pcavae import vqgan
 from pcavae import warmup
 from pcavae import writers
 from pcavae.models import autoencoder
-from pcavae.models import pca as pca_lib
+from pcavae.models import bottlenecks
 
 State = Dict[str, Any]
 CONFIG_FILE = 'config.json'
@@ -46,11 +46,13 @@ CONFIG_FILE = 'config.json'
 def create_model(config: ml_collections.ConfigDict,
                  mesh: Optional[jax.sharding.Mesh] = None
                  ) -> autoencoder.Autoencoder:
-  """The model of `config`; with the `mesh` it will run on, a `spatial` PCA
-  works on its own locations per device (`sharding.pca_location_sharding`;
+  """The model of `config`; with the `mesh` it will run on, a
+  location-sharded bottleneck (the `spatial` PCA) works on its own
+  locations per device (`sharding.location_sharding`, passed as its
+  `sample_sharding`;
   the state must then be placed by `sharding.state_shardings(..., config)`)."""
   kwargs = configlib.bottleneck_kwargs(config)
-  locations = (sharding.pca_location_sharding(config, mesh)
+  locations = (sharding.location_sharding(config, mesh)
                if mesh is not None else None)
   if locations is not None:
     kwargs['sample_sharding'] = locations
@@ -379,7 +381,8 @@ class NonFiniteError(FloatingPointError):
   """A train step produced a NaN/Inf loss or gradient."""
 
 
-def _check_finite(state: State, config) -> int:
+def _check_finite(state: State, config,
+                  bottleneck: bottlenecks.Bottleneck) -> int:
   """Returns the number of skipped non-finite steps; raises on the first
   one unless `config.skip_nonfinite_steps`, with a one-line message naming
   what went NaN/Inf first: a variable of a non-trainable collection (checked
@@ -393,19 +396,18 @@ def _check_finite(state: State, config) -> int:
                'good checkpoint is intact.')
     skip = ('or set config.skip_nonfinite_steps=True to skip such steps and '
             'count them.')
-    pca_rate = ('config.model.bottleneck.learning_rate (the PCA\'s Hebbian '
-                'rate; unset, it follows config.optimizer.learning_rate) or '
-                'clip it with config.model.bottleneck.max_update_norm')
+    own_rate = bottleneck.nonfinite_hint
     if what in NONFINITE_ORDER:
       hint = 'Lower config.optimizer.learning_rate'
-      if config.model.bottleneck.get('kind') == 'pca':
-        hint += f' (and/or {pca_rate})'
+      if own_rate:
+        hint += f' (and/or {own_rate})'
       raise NonFiniteError(
           f'Non-finite {what} at step {first} (the first non-finite '
           f'measurement of that step, checked in the order '
           f'{NONFINITE_ORDER}, after every non-trainable variable stayed '
           f'finite). {stopped} {hint}, {skip}')
-    hint = (f'Lower {pca_rate}' if what.startswith('pca/') else
+    hint = (f'Lower {own_rate}' if own_rate and what.startswith(
+        f'{bottleneck.state_collection}/') else
             'Check the bottleneck\'s own update keys '
             '(config.model.bottleneck.*, e.g. decay)')
     raise NonFiniteError(
@@ -498,13 +500,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     logging.info('Resumed from the checkpoint at step %d in %s.', start_step,
                  workdir)
-  basis = [leaf for leaf in jax.tree.leaves(
-      collections_of(state).get('pca', {}))
-           if leaf.ndim == 3]  # a spatial PCA's (L, D, Q)
-  if basis and mesh.size > 1:
-    b = basis[0]
+  bottleneck = configlib.make_bottleneck(config)
+  own = collections_of(state).get(bottleneck.state_collection, {})
+  per_location = [leaf for leaf in jax.tree.leaves(own) if leaf.ndim > 1]
+  if bottleneck.location_sharded() and per_location and mesh.size > 1:
+    b = per_location[0]
     per_device = b.sharding.shard_shape(b.shape)[0]
-    logging.info('PCA state on %d devices: %s.', mesh.size,
+    logging.info('%s state on %d devices: %s.', bottleneck.state_collection,
+                 mesh.size,
                  f'split by location, {per_device} of {b.shape[0]} each'
                  if per_device < b.shape[0] else 'replicated')
 
@@ -526,7 +529,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def run_eval(step: int) -> Dict[str, float]:
     results, images = evaluator(state, splits.eval, step)
-    for name, value in collections_stats(state).items():
+    for name, value in collections_stats(state, bottleneck).items():
       results[name] = value
     writer.write_scalars(step, results)
     paths = [writer.write_image(step, name, image)
@@ -577,7 +580,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         scalars['steps_per_sec'] = rate
         scalars['images_per_sec'] = rate * config.batch_size
         scalars['input_wait_fraction'] = wait_time / max(now - t_log, 1e-9)
-        scalars['num_nonfinite_steps'] = _check_finite(state, config)
+        scalars['num_nonfinite_steps'] = _check_finite(state, config,
+                                                       bottleneck)
         writer.write_scalars(step, scalars)
         logging.info('step %d/%d  loss %.5f  %.2f steps/s  ETA %s', step,
                      total, float(last_measurements['loss']), rate,
@@ -589,7 +593,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
       if (step % config.checkpoint_every_steps == 0 or is_last
           or preempt.signum is not None):
-        _check_finite(state, config)
+        _check_finite(state, config, bottleneck)
         if ckpt.save(step, state):
           logging.info('Saving checkpoint at step %d to %s.', step,
                        ckpt.directory)
@@ -614,20 +618,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return final
 
 
-def collections_stats(state: State) -> Dict[str, float]:
-  """Scalar health figures of the non-trainable collections (at eval)."""
+def collections_stats(state: State, bottleneck: bottlenecks.Bottleneck
+                      ) -> Dict[str, float]:
+  """Scalar health figures of the non-trainable collections (at eval): the
+  warm-up flag and the bottleneck's own (`Bottleneck.health`)."""
   out = {}
   collections = collections_of(state)
   if warmup.COLLECTION in collections:
     out['warmup/active'] = int(collections[warmup.COLLECTION]['active'])
-  pca_state = collections.get('pca')
-  if pca_state is not None:
-    for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:
-      if path[-1].key == 'basis':
-        out['pca/orthonormality_error'] = float(
-            pca_lib.orthonormality_error(leaf))
-      elif path[-1].key == 'forced_orthonormalizations':
-        out['pca/forced_orthonormalizations'] = int(leaf)
+  out.update(bottleneck.health(collections))
   return out
 
 

@@ -118,6 +118,13 @@ REASON_NAMES = {REASON_FIXED: 'fixed warmup_steps',
                 REASON_CAP: 'cap warmup_steps reached'}
 
 
+def quantizer_on(variables: Mapping[str, Any]) -> bool:
+  """Whether a model's variables decode a quantized latent: it has no AE
+  warm-up, or its warm-up has switched the quantizer on."""
+  return COLLECTION not in variables or bool(
+      int(np.asarray(variables[COLLECTION]['active'])))
+
+
 def enabled(config: ml_collections.ConfigDict) -> bool:
   return configlib.warmup_steps(config) > 0
 

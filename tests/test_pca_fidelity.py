@@ -14,6 +14,7 @@ from pcavae import configlib
 from pcavae import evaluators
 from pcavae import train
 from pcavae.models import bottlenecks
+from pcavae.models.bottlenecks import pca_layer
 from pcavae.models import pca
 from conftest import ROOT, tiny_config
 
@@ -251,7 +252,7 @@ def test_fidelity_in_every_eval(subspace_run):
   # in order.
   assert final['pca/captured_variance'] > 0.9
   assert final['pca/order_spearman'] < -0.7
-  history = evaluators.load_fidelity(workdir)
+  history = pca_layer.fidelity_history(evaluators.load_saved(workdir))
   np.testing.assert_array_equal(history['step'], [3, 6])
   np.testing.assert_allclose(history['captured_variance'][-1],
                              final['pca/captured_variance'])

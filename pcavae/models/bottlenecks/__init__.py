@@ -15,7 +15,12 @@ A bottleneck defined elsewhere (a notebook, a test) joins by subclassing
 """
 
 # pylint: disable=g-importing-member,unused-import
+from pcavae.models.bottlenecks.base import BITS
 from pcavae.models.bottlenecks.base import Bottleneck
+from pcavae.models.bottlenecks.base import CATEGORICAL
+from pcavae.models.bottlenecks.base import Coding
+from pcavae.models.bottlenecks.base import CodingStream
+from pcavae.models.bottlenecks.base import FIXED
 from pcavae.models.bottlenecks.base import get
 from pcavae.models.bottlenecks.base import names
 from pcavae.models.bottlenecks.base import register

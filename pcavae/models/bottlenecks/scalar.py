@@ -121,8 +121,8 @@ class FSQBottleneck(Bottleneck):
                        'integers >= 2 (e.g. (8, 5, 5, 5)).')
 
   def latent_from_symbols(self, symbols: Array,
-                          symbol_bits: Optional[Array] = None) -> Array:
-    del symbol_bits
+                          side: Optional[Array] = None) -> Array:
+    del side
     q = fsq_indices_to_codes(symbols, tuple(int(l) for l in self.levels))
     return _project_out(self, q)
 
@@ -195,8 +195,8 @@ class LFQBottleneck(Bottleneck):
     checks.non_negative(self.commitment_weight, KEY + 'commitment_weight')
 
   def latent_from_symbols(self, symbols: Array,
-                          symbol_bits: Optional[Array] = None) -> Array:
-    del symbol_bits
+                          side: Optional[Array] = None) -> Array:
+    del side
     q = jnp.take(lfq_codebook(int(self.code_dim)), symbols, axis=0)
     return _project_out(self, q)
 

@@ -7,6 +7,7 @@ One module per family, each class registering itself under its
   pca_layer   `pca`: the online PCA layer (PCA-VAE)
   vq          `vq`, `ema_vq`, `simvq`, `vqgan_fc`: vector quantizers
   scalar      `fsq`, `lfq`: scalar quantizers
+  bsq         `bsq`: binary spherical quantization
   kl          `kl`: the diagonal-Gaussian posterior (AutoencoderKL)
   identity    `identity`: the plain autoencoder
 
@@ -25,6 +26,7 @@ from pcavae.models.bottlenecks.base import get
 from pcavae.models.bottlenecks.base import names
 from pcavae.models.bottlenecks.base import register
 from pcavae.models.bottlenecks.base import warmup_kinds
+from pcavae.models.bottlenecks.bsq import BSQBottleneck
 from pcavae.models.bottlenecks.identity import IdentityBottleneck
 from pcavae.models.bottlenecks.kl import KLBottleneck
 from pcavae.models.bottlenecks.pca_layer import PCA_MODES

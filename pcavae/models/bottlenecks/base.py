@@ -347,6 +347,15 @@ def dense(params: Dict[str, Array], x: Array, precision=None) -> Array:
                   parent=None).apply({'params': params}, x)
 
 
+def project_out(module: 'Bottleneck', q: Array) -> Array:
+  """A restored quantizer's output projection `proj_out` applied to its
+  quantized codes `q`, where it has one (the decoder's half of the
+  projecting scalar quantizers)."""
+  if module.has_variable('params', 'proj_out'):
+    return dense(module.get_variable('params', 'proj_out'), q)
+  return q
+
+
 def kmeans_codebook(x: Array, k: int, key: Array, iters: int
                     ) -> Tuple[Array, Array, Aux]:
   """`(centres, hits per code, statistics)`: k-means (`analysis.kmeans`)

@@ -22,16 +22,11 @@ from pcavae.models.bottlenecks.base import dense
 from pcavae.models.bottlenecks.base import flatten
 from pcavae.models.bottlenecks.base import KEY
 from pcavae.models.bottlenecks.base import LatentShape
+from pcavae.models.bottlenecks.base import project_out
 from pcavae.models.bottlenecks.base import register
 from pcavae.models.bottlenecks.base import straight_through
 
 
-
-def _project_out(module: Bottleneck, q: Array) -> Array:
-  """The output projection of a restored FSQ/LFQ layer, where it has one."""
-  if module.has_variable('params', 'proj_out'):
-    return dense(module.get_variable('params', 'proj_out'), q)
-  return q
 
 def fsq_bound(z: Array, levels: Sequence[int], eps: float = 1e-3) -> Array:
   """FSQ's bounding function: channel i lands in `L_i` integer bins.
@@ -124,7 +119,7 @@ class FSQBottleneck(Bottleneck):
                           side: Optional[Array] = None) -> Array:
     del side
     q = fsq_indices_to_codes(symbols, tuple(int(l) for l in self.levels))
-    return _project_out(self, q)
+    return project_out(self, q)
 
   @nn.compact
   def forward(self, h: Array, train: bool) -> Tuple[Array, Aux]:
@@ -198,7 +193,7 @@ class LFQBottleneck(Bottleneck):
                           side: Optional[Array] = None) -> Array:
     del side
     q = jnp.take(lfq_codebook(int(self.code_dim)), symbols, axis=0)
-    return _project_out(self, q)
+    return project_out(self, q)
 
   @nn.compact
   def forward(self, h: Array, train: bool) -> Tuple[Array, Aux]:

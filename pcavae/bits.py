@@ -8,7 +8,7 @@ reconstructs it at eval, with `tokens` the number of latent locations
 
   vq, ema_vq, simvq, vqgan_fc   tokens * log2(K)
   fsq                           tokens * sum_i log2(L_i)
-  lfq                           tokens * d
+  lfq, bsq                      tokens * d
   kl                            tokens * latent_channels * 32
   identity                      tokens * D * 32
   pca, coefficient_bits = b     tokens * Q * b   (b = 32: unquantized floats)
@@ -30,10 +30,13 @@ Empirical entropy
 histogram; `SymbolCounts` accumulates histograms of symbol *streams* over
 an eval split and reports bits per image after ideal entropy coding with one
 static model per stream: `sum_streams (symbols of the stream per image) *
-H(stream)`. Streams: a VQ/FSQ/LFQ latent is one stream (the codebook is
-shared by every location); a quantized PCA coefficient belongs to the stream
-of its component index and bit depth, pooled over locations (symbols are in
-units of each coefficient's own sigma, so they share a shape). The estimate
+H(stream)`. Streams are the bottleneck's coding streams and their groups
+(`stream_slots`): a VQ/FSQ/LFQ latent is one stream (the codebook is
+shared by every location); a BSQ latent one per bit position (factorised,
+an upper bound on the joint entropy); a quantized PCA coefficient belongs
+to the stream of its component index and bit depth, pooled over locations
+(symbols are in units of each coefficient's own sigma, so they share a
+shape). The estimate
 is over the eval images themselves and excludes the cost of sending the
 model: with few images per stream and many levels it is biased low (it
 cannot exceed log2 of the number of samples per stream).

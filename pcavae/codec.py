@@ -15,7 +15,10 @@ What is coded
 An image of any size is cut into tiles of the run's resolution
 (`pcavae.tiling`, reflect-padded at the right and bottom edges). Each tile
 goes through the eval path, `model.apply(variables, tile, train=False)`, and
-its discrete latent is what is sent:
+its discrete latent, the bottleneck's `aux[symbol_key]`, is what is sent.
+How is the bottleneck's (`Bottleneck.coding`): a list of streams, each a
+selection of a tile's symbols with a probability model. Its rate settings
+(`Bottleneck.rate_settings`) are the flags `--budget=B` / `--bits=b`:
 
 * PCA: the quantized coefficients' `symbols`
   (`pcavae.models.coding.quantize`), with the bits of each coefficient set
@@ -25,6 +28,7 @@ its discrete latent is what is sent:
   (every coefficient; `coefficient_bits`). Without a flag, the run's own
   quantization setting; a run without one is refused.
 * VQ, EMA-VQ, SimVQ, VQGAN-FC, FSQ, LFQ: the code index of every location.
+* BSQ: the d bits of every location (2^d codes, d up to 64).
 * KL and identity have no finite code and are refused.
 
 The decoder maps the symbols back to the quantized latent with the
@@ -35,20 +39,27 @@ so the decompressed pixels are the eval path's quantized reconstruction
 
 Probability models (fixed before coding, never fitted to the coded image)
 -----------------------------------------------------------------------
-* PCA: a quantized Gaussian per coefficient, `N(0, sigma_i^2)` with
-  `sigma_i^2` the checkpoint's running coefficient variance (`pca`
-  collection, `coef_var`), integrated over each cell of that coefficient's
-  uniform quantizer (outer cells take the tails). Since the quantizer's step
-  is `s_b sigma_i` (`coding.gaussian_uniform_step`), the table depends on the
-  coefficient's bit depth b only (`coding.gaussian_symbol_probabilities`): one
-  categorical model per b. 0-bit coefficients send nothing.
-* Codes: one categorical over the K codes, from the code frequencies of the
-  first `count_images` (default 2048) images of the run's training split in
-  their fixed order, add-1/2 smoothed (`bits.smoothed_code_probabilities`:
-  `(n_k + 1/2) / (N + K / 2)`, the Krichevsky-Trofimov estimate, so no
-  code has probability 0). The counts
-  are cached in `W/codec/code_counts_step<step>.npz` (keyed by the checkpoint
-  step and the model fingerprint; recounted when either differs).
+Each stream is coded with one of three models (`stream_models`):
+
+* fixed table (`FIXED`), e.g. the PCA's quantized Gaussian per coefficient,
+  `N(0, sigma_i^2)` with `sigma_i^2` the checkpoint's running coefficient
+  variance, integrated over each cell of that coefficient's uniform
+  quantizer (outer cells take the tails). Since the quantizer's step is
+  `s_b sigma_i` (`coding.gaussian_uniform_step`), the table depends on the
+  coefficient's bit depth b only (`coding.gaussian_symbol_probabilities`):
+  one stream per b. 0-bit coefficients send nothing.
+* categorical (`CATEGORICAL`): one categorical over the K codes, from the
+  code frequencies of the first `count_images` (default 2048) images of the
+  run's training split in their fixed order, add-1/2 smoothed
+  (`bits.smoothed_code_probabilities`: `(n_k + 1/2) / (N + K / 2)`, the
+  Krichevsky-Trofimov estimate, so no code has probability 0).
+* factorised per bit (`BITS`): one Bernoulli per bit position, each from
+  that bit's frequencies in the same training images, add-1/2 smoothed; no
+  table over the 2^d codes is ever formed.
+
+The training counts are cached in `W/codec/code_counts_step<step>.npz`
+(keyed by the checkpoint step and the model fingerprint; recounted when
+either differs).
 
 Coder: `constriction`'s range coder (`stream.queue`, 32-bit words, 24-bit
 probability precision, its `Categorical(perfect=False)` models, which give

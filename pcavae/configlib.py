@@ -278,10 +278,19 @@ RESUMABLE_KEYS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                   'checkpoint_every_steps', 'keep_checkpoints', 'tensorboard',
                   'skip_nonfinite_steps', 'eval.', 'mesh.',
                   # The train stream is the same for any worker count.
-                  'data_workers',
-                  # Eval-only: training never quantizes the coefficients.
-                  'model.bottleneck.coefficient_bits',
-                  'model.bottleneck.coefficient_bit_budget')
+                  'data_workers')
+
+
+def eval_only_keys(config: ml_collections.ConfigDict) -> Tuple[str, ...]:
+  """The bottleneck keys of `config` that change only its eval
+  (`Bottleneck.eval_only_keys`, e.g. the PCA's coefficient quantization):
+  resumable too. None for an unknown kind (validation names it)."""
+  kind = config.model.bottleneck.get('kind')
+  try:
+    cls = bottlenecks.get(kind)
+  except ValueError:
+    return ()
+  return tuple('model.bottleneck.' + k for k in cls.eval_only_keys)
 
 
 def flatten(tree: Any, prefix: str = '') -> Dict[str, Any]:
@@ -334,10 +343,13 @@ def _resolved(flat: Dict[str, Any]) -> Dict[str, Any]:
   return flat
 
 
-def differences(saved: Any, new: Any, ignore=RESUMABLE_KEYS):
+def differences(saved: Any, new: Any, ignore=None):
   """`[(key, saved value, new value)]` for keys that differ, minus `ignore`
-  and minus keys of `ADDED_KEY_DEFAULTS` absent from `saved` and at their
+  (default: `RESUMABLE_KEYS` and the new config's `eval_only_keys`) and
+  minus keys of `ADDED_KEY_DEFAULTS` absent from `saved` and at their
   default in `new`."""
+  if ignore is None:
+    ignore = RESUMABLE_KEYS + eval_only_keys(new)
   a, b = _resolved(flatten(saved)), _resolved(flatten(new))
   out = []
   for key in sorted(set(a) | set(b)):

@@ -126,3 +126,34 @@ def test_codec_round_trip_with_a_per_bit_model(bsq_run):
               for sel, _, p in streams)
   assert info <= out.payload_bits <= info * 1.005 + 64
   assert header.rate_kind == codec_lib.RATE_CODES
+
+
+def test_lfq_factorised_terms_match_the_materialised_ones():
+  z = np.random.default_rng(2).normal(size=(32, 6)).astype(np.float32)
+  tau = 0.7
+  per_sample, batch = losses.bit_entropy_terms(4.0 * tau * jnp.asarray(z))
+  exact_sample, exact_batch = losses.lfq_entropy_terms(
+      jnp.asarray(z), lfq_codebook(6), tau)
+  np.testing.assert_allclose(float(per_sample), float(exact_sample),
+                             rtol=1e-4)
+  assert float(batch) >= float(exact_batch) - 1e-5
+
+
+def test_lfq_beyond_16_bits_codes_bits():
+  from pcavae.models import bottlenecks  # pylint: disable=g-import-not-at-top
+  layer = bottlenecks.LFQBottleneck(code_dim=40)
+  layer.validate((4, 4, 8))
+  h = jnp.asarray(np.random.default_rng(3).normal(size=(2, 4, 4, 8)),
+                  jnp.float32)
+  variables = layer.init(jax.random.PRNGKey(0), h, False)
+  out, aux = layer.apply(variables, h, False)
+  assert out.shape == h.shape and np.isfinite(float(aux['loss']))
+  assert layer.symbol_key == 'bits' and aux['bits'].shape == (2, 4, 4, 40)
+  coding = layer.coding(jax.device_get(aux))
+  assert coding.streams[0].model == bottlenecks.BITS
+  # The decoder's half inverts the signs through the output projection.
+  z = layer.apply(variables, aux['bits'],
+                  method=lambda m, s: m.latent_from_symbols(s))
+  np.testing.assert_allclose(np.asarray(z), np.asarray(out), atol=1e-5)
+  with pytest.raises(ValueError, match='code_dim=65'):
+    bottlenecks.LFQBottleneck(code_dim=65).validate((4, 4, 8))

@@ -27,6 +27,7 @@ new bottleneck is one module, one `register` and one config:
                            a selection of an image's symbols with a
                            probability model (`CodingStream`), and what the
                            decoder needs beyond them (`Coding`)
+  eval_only_keys           its config keys that change only its eval
   rate_settings, coding_rate(...), rate_overrides(...)
                            the codec's rate settings (`--bits`, `--budget`)
   latent_from_symbols(...) the decoder's half (`pcavae.codec`)
@@ -170,6 +171,9 @@ class Bottleneck(nn.Module):
   per_image_loss: ClassVar[bool] = False
   # The codec's rate settings it takes (`coding_rate`), by flag name.
   rate_settings: ClassVar[Tuple[str, ...]] = ()
+  # Its config keys that change only its eval (a resumed run may change
+  # them: `configlib.differences`).
+  eval_only_keys: ClassVar[Tuple[str, ...]] = ()
   # `aux` entries of the eval output that `diagnostics` reads over the
   # spectra's reference set.
   diagnostic_keys: ClassVar[Tuple[str, ...]] = ()

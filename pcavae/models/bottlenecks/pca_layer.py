@@ -195,6 +195,8 @@ class PCABottleneck(Bottleneck):
 
   symbol_key = 'symbols'
   rate_settings = ('bits', 'budget')
+  # Training never quantizes the coefficients.
+  eval_only_keys = ('coefficient_bits', 'coefficient_bit_budget')
   diagnostic_keys = ('pca_input',)
   state_collection = 'pca'
   nonfinite_hint = ("config.model.bottleneck.learning_rate (the PCA's Hebbian "

@@ -443,7 +443,9 @@ class Codec:
     from pcavae import train  # pylint: disable=g-import-not-at-top
     config = self._rate_config(rate_kind, rate)
     model = train.create_model(config)
-    bottleneck = configlib.make_bottleneck(config)
+    bottleneck = (self.bottleneck if rate_kind == RATE_CODES else
+                  self.bottleneck.clone(**self.bottleneck.rate_overrides(
+                      RATE_SETTINGS[rate_kind], rate)))
 
     def encode(variables, tiles):
       _, aux = model.apply(variables, tiles, train=False)

@@ -239,7 +239,8 @@ class Codes(Unit):
 
   def __init__(self, context: Context):
     self.bottleneck = context.bottleneck
-    self.bits_per_image = bits.latent_bits(context.config)
+    self.bits_per_image = self.bottleneck.latent_bits(
+        configlib.latent_shape(context.config))
 
   def start(self, state: State, source, step: int) -> None:
     del state, source, step
@@ -516,10 +517,14 @@ class Evaluator:
   """The units of `config.eval.units` over one model, run at every eval."""
 
   def __init__(self, model, config: ml_collections.ConfigDict, mesh,
-               workdir: str):
+               workdir: str,
+               bottleneck: Optional[bottlenecks.Bottleneck] = None):
     self.config = config
     self.mesh = mesh
-    bottleneck = configlib.make_bottleneck(config)
+    # The config's bottleneck (`configlib.make_bottleneck`), built if not
+    # given.
+    if bottleneck is None:
+      bottleneck = configlib.make_bottleneck(config)
     self.predict_fns = make_predict_fns(
         model, SPECTRA_KEYS + tuple(bottleneck.diagnostic_keys))
     context = Context(config, mesh, workdir, self.predict_fns, bottleneck)

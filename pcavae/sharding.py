@@ -217,8 +217,8 @@ def fsdp_spec(shape, fsdp_size: int) -> P:
   return P()
 
 
-def location_sharding(config: ml_collections.ConfigDict,
-                      mesh: Mesh) -> NamedSharding | None:
+def location_sharding(config: ml_collections.ConfigDict, mesh: Mesh,
+                      bottleneck=None) -> NamedSharding | None:
   """Where a location-sharded bottleneck's per-location arrays go, or None.
 
   A bottleneck whose state and samples have the latent location first
@@ -232,10 +232,13 @@ def location_sharding(config: ml_collections.ConfigDict,
 
   None (replicated) when `config.mesh.pca_locations` is False, the bottleneck
   is not location-sharded, the mesh has one device, or the number of
-  locations is not divisible by the number of devices.
+  locations is not divisible by the number of devices. `bottleneck`: the
+  config's (`configlib.make_bottleneck`), built if not given.
   """
+  if bottleneck is None:
+    bottleneck = configlib.make_bottleneck(config)
   if (not config.mesh.get('pca_locations', True) or mesh.size == 1
-      or not configlib.make_bottleneck(config).location_sharded()):
+      or not bottleneck.location_sharded()):
     return None
   h, w, _ = configlib.latent_shape(config)
   if (h * w) % mesh.size:
@@ -246,14 +249,17 @@ def location_sharding(config: ml_collections.ConfigDict,
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh,
-                    config: ml_collections.ConfigDict) -> Any:
+                    config: ml_collections.ConfigDict, bottleneck=None
+                    ) -> Any:
   """Shardings for a train-state dict: params and optimizer state sharded
   along `fsdp` (when it is > 1), the state collection of a location-sharded
   bottleneck split by location (`location_sharding`, as the model built by
   `train.create_model(config, mesh)` expects), everything else replicated."""
   k = mesh.shape[FSDP_AXIS]
-  locations = location_sharding(config, mesh)
-  own = configlib.make_bottleneck(config).state_collection
+  if bottleneck is None:
+    bottleneck = configlib.make_bottleneck(config)
+  locations = location_sharding(config, mesh, bottleneck)
+  own = bottleneck.state_collection
 
   def one(path, leaf):
     top = getattr(path[0], 'key', None)

@@ -123,23 +123,28 @@ class PCABottleneck(Bottleneck):
       one product, QR, the Q x Q eigendecomposition) against Sanger's
       `L (n D Q + D Q^2)`: at `spatial16` (L = 256, D = 256, Q = 51, n = 16
       images a step) about 270 M (covariance) + 860 M (product) + 170 M
-      (QR) multiply-adds a step, and 64 MiB of state. The class defaults
-      are the reference rule (the layer as checked against OPCA-VAE);
-      `configs/pcavae.py` chooses `sanger` at rate 0.1.
-    learning_rate: Hebbian step size; None ties it to the optimizer's current
+      (QR) multiply-adds a step, and 64 MiB of state. Default `sanger` at
+      rate 0.1, re-orthonormalised by `qr` after every step (the configs'
+      defaults too: `configlib.bottleneck_defaults` reads them from here);
+      the reference rule is `tracker='reference', learning_rate=None,
+      max_update_norm=0.1, orthonormalize_every=None,
+      orthonormalization='symmetric'` (`configs/pcavae.py:reference`).
+    learning_rate: Hebbian step size (0.1; the `sanger` tracker is stable
+      for rates in (0, 1]); None ties it to the optimizer's current
       learning rate passed as `lr` (the reference's choice).
     max_update_norm: Frobenius clip of each problem's step (reference: 0.1 in
-      `spatial` mode, none in `global`). None disables it.
+      `spatial` mode, none in `global`). None (default) disables it.
     covariance_alpha: fade factor of the `subspace` tracker's covariance.
     subspace_iterations: orthogonal iterations per step (`subspace`).
-    orthonormalize_every: re-orthonormalise every this many updates (default
-      Q, as in the reference).
+    orthonormalize_every: re-orthonormalise every this many updates (1: a
+      rate-0.1 step leaves the basis O(0.1) from orthonormal, and C C^T is
+      a projector only for an orthonormal C); None: every Q, as in the
+      reference.
     orthonormalization: how (`PCA_ORTHONORMALIZATIONS`): `symmetric` (the
       reference's `C (C^T C)^(-1/2)`, `pca.orthonormalize`, the closest
       orthonormal basis) or `qr` (Gram-Schmidt order by Cholesky-QR,
       `pca.orthonormalize_qr`: the order of Sanger's deflation, and about a
-      sixth of the cost after a `sanger` step at Q = D; issue 19).
-      `configs/pcavae.py` takes `qr` for its `sanger` default.
+      sixth of the cost after a `sanger` step at Q = D; the default).
     global_dim: in `global` mode, map the flattened latent to this many
       dimensions with a small MLP before the PCA and back after it (the
       reference's `embedding_dim` with `keep_shape=False`); None runs the PCA
@@ -178,11 +183,11 @@ class PCABottleneck(Bottleneck):
   num_components: int
   mode: str = 'spatial'
   alpha: float = 0.9
-  tracker: str = 'reference'
-  learning_rate: Optional[float] = None
-  max_update_norm: Optional[float] = 0.1
-  orthonormalize_every: Optional[int] = None
-  orthonormalization: str = 'symmetric'
+  tracker: str = 'sanger'
+  learning_rate: Optional[float] = 0.1
+  max_update_norm: Optional[float] = None
+  orthonormalize_every: Optional[int] = 1
+  orthonormalization: str = 'qr'
   global_dim: Optional[int] = None
   variance_alpha: float = 0.99
   orthonormality_tolerance: Optional[float] = 1e-2

@@ -149,6 +149,20 @@ def test_lfq_beyond_16_bits_codes_bits():
   out, aux = layer.apply(variables, h, False)
   assert out.shape == h.shape and np.isfinite(float(aux['loss']))
   assert layer.symbol_key == 'bits' and aux['bits'].shape == (2, 4, 4, 40)
+  # Its entropies, per bit in closed form: p_i = sigmoid(4 tau z_i).
+  proj = variables['params']['proj_in']
+  z = np.asarray(h).reshape(-1, 8) @ np.asarray(proj['kernel']) + np.asarray(
+      proj['bias'])
+  z = z.astype(np.float64)
+  p = 1.0 / (1.0 + np.exp(-4.0 * layer.inv_temperature * z))
+  p = np.clip(p, 1e-12, 1 - 1e-12)
+  h_bits = lambda q: -(q * np.log(q) + (1 - q) * np.log(1 - q))
+  np.testing.assert_allclose(float(aux['per_sample_entropy']),
+                             h_bits(p).sum(-1).mean(), rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(float(aux['batch_entropy']),
+                             h_bits(p.mean(0)).sum(), rtol=1e-4)
+  np.testing.assert_array_equal(np.asarray(aux['bits']).reshape(-1, 40),
+                                (z > 0).astype(np.int32))
   coding = layer.coding(jax.device_get(aux))
   assert coding.streams[0].model == bottlenecks.BITS
   # The decoder's half inverts the signs through the output projection.

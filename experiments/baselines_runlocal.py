@@ -56,7 +56,8 @@ def table(rows):
       [[r['name'], harness.fmt(r['psnr'], '.2f'),
         harness.fmt(r['ssim'], '.3f'), harness.fmt(r['lpips'], '.3f'),
         harness.fmt(r['usage'], '.1%'), harness.fmt(r['perplexity'], '.0f'),
-        harness.fmt(r.get('bit_entropy'), '.3f'), f"{r['bits']:,}", harness.fmt(r['minutes'], '.1f')] for r in rows]))
+        harness.fmt(r.get('bit_entropy'), '.3f'), f"{r['bits']:,}",
+        harness.fmt(r['minutes'], '.1f')] for r in rows]))
 
 
 def main(argv):

@@ -178,9 +178,11 @@ def test_sanger_and_subspace_layer_steps_by_hand(mode):
     return np.asarray(h).reshape(-1, 6)
 
   for tracker in ('sanger', 'subspace'):
+    # The raw step: re-orthonormalised only every Q updates.
     layer = bottlenecks.PCABottleneck(num_components=3, mode=mode,
                                       tracker=tracker, learning_rate=0.3,
-                                      max_update_norm=None)
+                                      max_update_norm=None,
+                                      orthonormalize_every=None)
     v = layer.init(jax.random.PRNGKey(0), h0, train=False)
     step = jax.jit(lambda v, h, layer=layer: layer.apply(
         v, h, train=True, mutable=['pca'])[1])

@@ -51,13 +51,8 @@ On CelebA-HQ (an `image_folder` of the 256 px images) the reference setting is
     --config.dataset.path=/data/celeba_hq_256 --workdir=workdirs/pca16
 """
 
-from ml_collections import config_dict
-
 from configs import common
-
-# The `sanger` tracker's Hebbian rate (a fraction of the way to each batch's
-# normalised target per step; stable for any rate in (0, 1]).
-DEFAULT_RATE = 0.1
+from pcavae import configlib
 
 SETTINGS = {
     'spatial16': dict(channels=(128, 256), q=256, mode='spatial'),
@@ -78,42 +73,15 @@ def get_config(arg=None):
   s = SETTINGS[a.setting]
   c = common.get_base_config()
   c.model.channels = s['channels']
-  c.model.bottleneck = dict(
-      kind='pca',
-      num_components=s['q'],
-      mode=s['mode'],
-      alpha=0.9,
-      # `sanger`: Sanger's step divided by each coefficient's variance
-      # (scale-free); `reference`: the OPCA-VAE rule exactly (the `reference`
-      # flag); `subspace`: orthogonal iteration on an EMA covariance.
-      tracker='sanger',
-      # Hebbian rate, alone (`--config.model.bottleneck.learning_rate=`);
-      # None ties it to the optimizer's schedule (the reference).
-      learning_rate=config_dict.placeholder(float),
-      # Frobenius clip of each problem's step; None: no clip.
-      max_update_norm=config_dict.placeholder(float),
-      orthonormalize_every=config_dict.placeholder(int),  # None: every Q
-      # `symmetric` C (C^T C)^(-1/2) (the reference's) or `qr` (Cholesky-QR,
-      # Gram-Schmidt order; the sanger default's, a sixth of the cost).
-      orthonormalization='qr',
-      covariance_alpha=0.99,       # `subspace`: EMA of the covariance
-      subspace_iterations=1,       # `subspace`: orthogonal iterations a step
-      global_dim=config_dict.placeholder(int),
-      coefficient_bits=32,         # eval quantization (32: none), bits.py
-      # Bits per image, water-filled; a typed None, so that
-      # --config.model.bottleneck.coefficient_bit_budget=B can set it.
-      coefficient_bit_budget=config_dict.placeholder(int),
-  )
+  # Every key at the PCA layer's own default (`configlib.bottleneck_defaults`,
+  # from `PCABottleneck`: the `sanger` tracker at rate 0.1, re-orthonormalised
+  # by Cholesky-QR after every step, no clip, 32-bit float coefficients at
+  # eval); the setting picks Q, the mode and the global map.
+  c.model.bottleneck = dict(configlib.bottleneck_defaults('pca'),
+                            kind='pca', num_components=s['q'],
+                            mode=s['mode'])
   if s.get('global_dim'):
     c.model.bottleneck.global_dim = s['global_dim']
-  c.model.bottleneck.learning_rate = DEFAULT_RATE
-  # Re-orthonormalised after every step: a rate-0.1 step leaves the basis
-  # O(0.1) from orthonormal, and the projection C C^T is a projector only
-  # for an orthonormal C. By Cholesky-QR (a Gram matrix, a Q x Q Cholesky
-  # and a triangular solve; Gram-Schmidt order, the order of Sanger's
-  # deflation); the symmetric Newton-Schulz polar factor costs six times
-  # as much after a rate-0.1 step (docs/speed.md).
-  c.model.bottleneck.orthonormalize_every = 1
   if a.reference:
     # The OPCA-VAE rule: raw Sanger step at the optimizer's rate, each
     # location's step clipped to 0.1 in spatial mode, random orthonormal

@@ -30,12 +30,12 @@ from pcavae import configlib
 from pcavae import harness
 
 FAMILIES = ('pcavae', 'ae', 'kl', 'vqvae', 'ema_vq', 'simvq', 'vqgan_fc',
-            'fsq', 'lfq')
+            'fsq', 'lfq', 'bsq')
 NAMES = {'pcavae': 'PCA-VAE (spatial, Q=16)', 'ae': 'AE (identity)',
          'kl': 'KL-VAE (4 ch)', 'vqvae': 'VQ-VAE (K=1024)',
          'ema_vq': 'EMA-VQ (K=1024)', 'simvq': 'SimVQ (K=1024)',
          'vqgan_fc': 'VQGAN-FC (K=1024, d=8)', 'fsq': 'FSQ (8,5,5,5)',
-         'lfq': 'LFQ (d=10)'}
+         'lfq': 'LFQ (d=10)', 'bsq': 'BSQ (d=18)'}
 
 _ROOT = flags.DEFINE_string('root', os.path.join(harness.WORKDIRS,
                                                  'baselines'),
@@ -52,11 +52,12 @@ def table(rows):
   """Markdown table of the result rows."""
   return '\n'.join(harness.markdown_table(
       ['bottleneck', 'PSNR (dB)', 'SSIM', 'LPIPS', 'codebook usage',
-       'perplexity', 'latent bits / image', 'train min'],
+       'perplexity', 'bit entropy', 'latent bits / image', 'train min'],
       [[r['name'], harness.fmt(r['psnr'], '.2f'),
         harness.fmt(r['ssim'], '.3f'), harness.fmt(r['lpips'], '.3f'),
         harness.fmt(r['usage'], '.1%'), harness.fmt(r['perplexity'], '.0f'),
-        f"{r['bits']:,}", harness.fmt(r['minutes'], '.1f')] for r in rows]))
+        harness.fmt(r.get('bit_entropy'), '.3f'), f"{r['bits']:,}",
+        harness.fmt(r['minutes'], '.1f')] for r in rows]))
 
 
 def main(argv):
@@ -78,6 +79,7 @@ def main(argv):
            'usage': final.get('eval/codebook_usage'),
            'perplexity': final.get('eval/codebook_perplexity'),
            'dead_codes': final.get('eval/dead_codes'),
+           'bit_entropy': final.get('eval/bit_entropy_mean'),
            'bits': bits.latent_bits(config), 'minutes': minutes,
            'num_images': final['eval/num_images']}
     logging.info('%s: %s', family, row)

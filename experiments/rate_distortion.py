@@ -182,20 +182,16 @@ def estimate_gap(codec: codec_lib.Codec, num_images: int) -> Dict:
   source = data.get_split(config.dataset, config.resolution, 'eval')
   n = min(int(num_images), len(source))
   crops = np.stack([np.asarray(source[i]) for i in range(n)])
-  encode, _, symbol_bits = codec.functions(codec.rate_kind, codec.rate)
+  encode, _, coding = codec.functions(codec.rate_kind, codec.rate)
   from pcavae import tiling  # pylint: disable=g-import-not-at-top
   from pcavae.data import pipeline  # pylint: disable=g-import-not-at-top
   symbols = tiling.map_tiles(
       lambda t: encode(codec.variables, pipeline.to_float(t)), crops,
       codec.batch_size).astype(np.int64)
-  if symbol_bits is None:
-    hist = np.bincount(symbols.reshape(-1), minlength=bits.num_codes(config))
-    estimate = symbols[0].size * bits.entropy_bits(hist)
-  else:
-    counts = bits.SymbolCounts()
-    counts.update(symbols.reshape(n, -1),
-                  bits.pca_symbol_streams(symbol_bits).reshape(-1))
-    estimate = counts.bits_per_image()
+  counts = bits.SymbolCounts()
+  slots, ids = bits.stream_slots(coding)
+  counts.update(symbols.reshape(n, -1)[:, slots], ids)
+  estimate = counts.bits_per_image()
   streams = [(symbols[sel].reshape(-1), p) for sel, _, p in
              codec._streams(codec.rate_kind, codec.rate, n)]  # pylint: disable=protected-access
   _, payload = codec_lib.encode_streams(streams)

@@ -132,7 +132,11 @@ def sampler(lam, u):
 
 def bottleneck_config(method: str, k: int, q: int):
   if method == 'pca':
-    return 'pca', dict(num_components=q, mode='shared', max_update_norm=None)
+    # The OPCA-VAE rule (its Hebbian rate the optimizer's), unclipped.
+    return 'pca', dict(num_components=q, mode='shared', tracker='reference',
+                       learning_rate=None, max_update_norm=None,
+                       orthonormalize_every=None,
+                       orthonormalization='symmetric')
   return 'vq', dict(codebook_size=k)
 
 

@@ -151,7 +151,7 @@ def build_train(res, dtype, kind, batch):
     jax.block_until_ready(one())
   return {'step': one, 'compile_s': compile_s, 'flops': flops,
           'pca_split_by_location':
-              sharding.pca_location_sharding(config, mesh) is not None,
+              sharding.location_sharding(config, mesh) is not None,
           'holder': holder, 'model': model, 'x': x, 'config': config}
 
 

@@ -52,6 +52,7 @@ from pcavae import harness
 from pcavae import viz
 from pcavae import warmup
 from pcavae import writers
+from pcavae.models import bottlenecks
 import synthetic_collapse  # beside this script
 
 SETTINGS = ('synthetic', 'photo_patches')
@@ -138,6 +139,7 @@ def synthetic_run(kind: str, warmup_steps: int, auto: Optional[Dict[str, Any]],
   ..., and the criterion's probe is the batches of steps 0, 1, ....
   """
   b_kind, kwargs = synthetic_bottleneck(kind, args['k'])
+  num_codes = bottlenecks.get(b_kind)(**kwargs).num_codes
   lam, u = synthetic_collapse.data_covariance(args['dim'], args['decay'],
                                               seed)
   sample = synthetic_collapse.sampler(lam, u)
@@ -174,8 +176,7 @@ def synthetic_run(kind: str, warmup_steps: int, auto: Optional[Dict[str, Any]],
         kind=b_kind, warmup_kmeans_iters=args['kmeans_iters'], **kwargs)}})
     switch_fn = jax.jit(warmup.make_switch_fn(config))
   history = None
-  rate = float(np.log2(args['k'] if kind != 'fsq'
-                       else np.prod(FSQ_LEVELS)))
+  rate = float(np.log2(num_codes))
   if auto is not None:
     history = warmup.auto_history_init(auto['patience'], args['latent_dim'])
     probe = [batch(j) for j in range(args['kmeans_batches'])]
@@ -215,7 +216,6 @@ def synthetic_run(kind: str, warmup_steps: int, auto: Optional[Dict[str, Any]],
                                  float(lam.sum()))
   recon, aux = model.apply({'params': params, **cols}, x_eval, train=False)
   del recon
-  num_codes = args['k'] if kind != 'fsq' else int(np.prod(FSQ_LEVELS))
   used = np.unique(np.asarray(aux['codes'])).size
   out = {'loss': m['rel_mse'], 'z_q_dim99': m['z_q_dim99'],
          'z_e_dim99': m['z_e_dim99'],

@@ -8,7 +8,7 @@ reconstructs it at eval, with `tokens` the number of latent locations
 
   vq, ema_vq, simvq, vqgan_fc   tokens * log2(K)
   fsq                           tokens * sum_i log2(L_i)
-  lfq                           tokens * d
+  lfq, bsq                      tokens * d
   kl                            tokens * latent_channels * 32
   identity                      tokens * D * 32
   pca, coefficient_bits = b     tokens * Q * b   (b = 32: unquantized floats)
@@ -30,16 +30,19 @@ Empirical entropy
 histogram; `SymbolCounts` accumulates histograms of symbol *streams* over
 an eval split and reports bits per image after ideal entropy coding with one
 static model per stream: `sum_streams (symbols of the stream per image) *
-H(stream)`. Streams: a VQ/FSQ/LFQ latent is one stream (the codebook is
-shared by every location); a quantized PCA coefficient belongs to the stream
-of its component index and bit depth, pooled over locations (symbols are in
-units of each coefficient's own sigma, so they share a shape). The estimate
+H(stream)`. Streams are the bottleneck's coding streams and their groups
+(`stream_slots`): a VQ/FSQ/LFQ latent is one stream (the codebook is
+shared by every location); a BSQ latent one per bit position (factorised,
+an upper bound on the joint entropy); a quantized PCA coefficient belongs
+to the stream of its component index and bit depth, pooled over locations
+(symbols are in units of each coefficient's own sigma, so they share a
+shape). The estimate
 is over the eval images themselves and excludes the cost of sending the
 model: with few images per stream and many levels it is biased low (it
 cannot exceed log2 of the number of samples per stream).
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import ml_collections
 import numpy as np
@@ -103,6 +106,29 @@ def entropy_bits(histogram) -> float:
     return 0.0
   p = h[h > 0] / total
   return float(-np.sum(p * np.log2(p)))
+
+
+def stream_slots(coding) -> Tuple[np.ndarray, np.ndarray]:
+  """`(slots, ids)` of a bottleneck's `Coding`: the flat indices of the
+  symbols of one image that are sent, and the `SymbolCounts` stream of
+  each (one per stream and group: `CodingStream.group_ids`)."""
+  streams = coding.streams
+  groups = 1 + max([int(s.group_ids().max()) for s in streams] + [0])
+  slots = [np.flatnonzero(s.select) for s in streams]
+  ids = [j * groups + s.group_ids()[s.select] for j, s in enumerate(streams)]
+  if not slots:
+    return np.zeros((0,), np.int64), np.zeros((0,), np.int64)
+  return np.concatenate(slots), np.concatenate(ids)
+
+
+def binary_entropy(p) -> np.ndarray:
+  """`H(p)` in bits of Bernoulli(p), elementwise (0 at p = 0 and 1)."""
+  p = np.clip(np.asarray(p, np.float64), 0.0, 1.0)
+  out = np.zeros_like(p)
+  inside = (p > 0) & (p < 1)
+  q = p[inside]
+  out[inside] = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+  return out
 
 
 class SymbolCounts:

@@ -20,7 +20,10 @@ What is coded
 An image of any size is cut into tiles of the run's resolution
 (`pcavae.tiling`, reflect-padded at the right and bottom edges). Each tile
 goes through the eval path, `model.apply(variables, tile, train=False)`, and
-its discrete latent is what is sent:
+its discrete latent, the bottleneck's `aux[symbol_key]`, is what is sent.
+How is the bottleneck's (`Bottleneck.coding`): a list of streams, each a
+selection of a tile's symbols with a probability model. Its rate settings
+(`Bottleneck.rate_settings`) are the flags `--budget=B` / `--bits=b`:
 
 * PCA: the quantized coefficients' `symbols`
   (`pcavae.models.coding.quantize`), with the bits of each coefficient set
@@ -30,6 +33,7 @@ its discrete latent is what is sent:
   (every coefficient; `coefficient_bits`). Without a flag, the run's own
   quantization setting; a run without one is refused.
 * VQ, EMA-VQ, SimVQ, VQGAN-FC, FSQ, LFQ: the code index of every location.
+* BSQ: the d bits of every location (2^d codes, d up to 64).
 * KL and identity have no finite code and are refused.
 
 The decoder maps the symbols back to the quantized latent with the
@@ -40,20 +44,27 @@ so the decompressed pixels are the eval path's quantized reconstruction
 
 Probability models (fixed before coding, never fitted to the coded image)
 -----------------------------------------------------------------------
-* PCA: a quantized Gaussian per coefficient, `N(0, sigma_i^2)` with
-  `sigma_i^2` the checkpoint's running coefficient variance (`pca`
-  collection, `coef_var`), integrated over each cell of that coefficient's
-  uniform quantizer (outer cells take the tails). Since the quantizer's step
-  is `s_b sigma_i` (`coding.gaussian_uniform_step`), the table depends on the
-  coefficient's bit depth b only (`coding.gaussian_symbol_probabilities`): one
-  categorical model per b. 0-bit coefficients send nothing.
-* Codes: one categorical over the K codes, from the code frequencies of the
-  first `count_images` (default 2048) images of the run's training split in
-  their fixed order, add-1/2 smoothed (`bits.smoothed_code_probabilities`:
-  `(n_k + 1/2) / (N + K / 2)`, the Krichevsky-Trofimov estimate, so no
-  code has probability 0). The counts
-  are cached in `W/codec/code_counts_step<step>.npz` (keyed by the checkpoint
-  step and the model fingerprint; recounted when either differs).
+Each stream is coded with one of three models (`stream_models`):
+
+* fixed table (`FIXED`), e.g. the PCA's quantized Gaussian per coefficient,
+  `N(0, sigma_i^2)` with `sigma_i^2` the checkpoint's running coefficient
+  variance, integrated over each cell of that coefficient's uniform
+  quantizer (outer cells take the tails). Since the quantizer's step is
+  `s_b sigma_i` (`coding.gaussian_uniform_step`), the table depends on the
+  coefficient's bit depth b only (`coding.gaussian_symbol_probabilities`):
+  one stream per b. 0-bit coefficients send nothing.
+* categorical (`CATEGORICAL`): one categorical over the K codes, from the
+  code frequencies of the first `count_images` (default 2048) images of the
+  run's training split in their fixed order, add-1/2 smoothed
+  (`bits.smoothed_code_probabilities`: `(n_k + 1/2) / (N + K / 2)`, the
+  Krichevsky-Trofimov estimate, so no code has probability 0).
+* factorised per bit (`BITS`): one Bernoulli per bit position, each from
+  that bit's frequencies in the same training images, add-1/2 smoothed; no
+  table over the 2^d codes is ever formed.
+
+The training counts are cached in `W/codec/code_counts_step<step>.npz`
+(keyed by the checkpoint step and the model fingerprint; recounted when
+either differs).
 
 Coder: `constriction`'s range coder (`stream.queue`, 32-bit words, 24-bit
 probability precision, its `Categorical(perfect=False)` models, which give
@@ -114,7 +125,7 @@ from pcavae import bits
 from pcavae import cli
 from pcavae import configlib
 from pcavae import imageio
-from pcavae.models import coding
+from pcavae.models import bottlenecks
 
 FORMAT_VERSION = 1
 MAGIC = b'PCAV'
@@ -356,26 +367,99 @@ class Compressed:
   payload_bits: int  # the range coder's own count (32 per word)
 
 
+# The header's rate kind of each rate setting (`Bottleneck.rate_settings`).
+RATE_KINDS = {'bits': RATE_BITS, 'budget': RATE_BUDGET}
+RATE_SETTINGS = {v: k for k, v in RATE_KINDS.items()}
+
+
+def stream_models(coding: bottlenecks.Coding, counts: Optional[np.ndarray]
+                  ) -> List[Tuple[np.ndarray, np.ndarray]]:
+  """The coded streams of a `Coding`, in file order: `(mask over one
+  image's symbols, probabilities)`, each coded with one categorical.
+
+  A `CATEGORICAL` stream is its KT-smoothed training counts
+  (`bits.smoothed_code_probabilities`), a `FIXED` one its table, and a
+  `BITS` stream one smoothed Bernoulli per bit position (the last axis), so
+  no model ever has more than `alphabet` entries however many codes the
+  bits make.
+
+  Args:
+    coding: the bottleneck's `coding`.
+    counts: the training counts of its fitted streams, concatenated
+      (`count_symbols`); None if it has none.
+  """
+  out, offset = [], 0
+  for stream in coding.streams:
+    size = int(np.prod(stream.fitted_shape())) if stream.fitted_shape() else 0
+    fitted = (None if not size else
+              np.asarray(counts[offset:offset + size]).reshape(
+                  stream.fitted_shape()))
+    offset += size
+    if stream.model == bottlenecks.FIXED:
+      out.append((stream.select, np.asarray(stream.probabilities)))
+    elif stream.model == bottlenecks.CATEGORICAL:
+      out.append((stream.select, bits.smoothed_code_probabilities(fitted)))
+    else:
+      position = stream.group_ids()
+      for i in range(fitted.shape[0]):
+        out.append((stream.select & (position == i),
+                    bits.smoothed_code_probabilities(fitted[i])))
+  return out
+
+
+def num_fitted(coding: bottlenecks.Coding) -> int:
+  """How many training counts the fitted streams of `coding` take."""
+  return sum(int(np.prod(s.fitted_shape())) for s in coding.streams
+             if s.fitted_shape())
+
+
+def count_symbols(coding: bottlenecks.Coding, symbols: np.ndarray
+                  ) -> np.ndarray:
+  """The counts its fitted streams are fitted to, of `symbols` `(n,) +
+  coding.symbol_shape`, concatenated in stream order: a histogram of the
+  `alphabet` symbols per `CATEGORICAL` stream, `(zeros, ones)` per bit
+  position per `BITS` stream."""
+  symbols = np.asarray(symbols, np.int64).reshape(
+      (-1,) + tuple(coding.symbol_shape))
+  out = []
+  for stream in coding.streams:
+    if stream.model == bottlenecks.CATEGORICAL:
+      out.append(np.bincount(symbols[:, stream.select].reshape(-1),
+                             minlength=stream.alphabet)[:stream.alphabet])
+    elif stream.model == bottlenecks.BITS:
+      d = stream.fitted_shape()[0]
+      position = stream.group_ids()[stream.select]
+      ones = np.bincount(position, weights=symbols[:, stream.select].sum(0),
+                         minlength=d)
+      total = np.bincount(position, minlength=d) * symbols.shape[0]
+      out.append(np.stack([total - ones, ones], -1).reshape(-1))
+  return (np.concatenate(out).astype(np.int64) if out
+          else np.zeros((0,), np.int64))
+
+
 class Codec:
   """A restored model with its entropy models: images <-> `.pcav` bytes.
 
+  What is coded and how is the bottleneck's (`Bottleneck.coding`); its rate
+  settings (`rate_settings`, e.g. the PCA's `budget` and `bits`) come from
+  the flags or the run's own config (`coding_rate`).
+
   Args:
     workdir: a training run's directory.
-    budget: PCA only, bits per tile (`coefficient_bit_budget`).
-    bits: PCA only, bits per coefficient (`coefficient_bits`).
+    budget: bits per tile, for a bottleneck with a `budget` rate setting.
+    bits: bits per coefficient, for one with a `bits` rate setting.
     batch_size: tiles per jitted call.
-    count_images: training images whose codes make the code frequencies;
+    count_images: training images whose symbols fit the fitted models;
       None takes this checkpoint's cached counts whatever their number (else
-      counts `DEFAULT_COUNT_IMAGES`). For code models the fingerprint covers
-      the counts, so a file decodes only with the frequencies it was coded
-      with.
+      counts `DEFAULT_COUNT_IMAGES`). The fingerprint covers the counts, so
+      a file decodes only with the frequencies it was coded with.
     for_decoding: rates come from each file's header; none is needed here.
     max_pixels: the largest image compressed or decoded; a file whose
       header claims more is refused before anything is allocated.
 
   Raises:
-    CodecError: KL/identity, a quantizer not yet switched on (AE warm-up),
-      a flag the model cannot use, or a PCA run without a rate.
+    CodecError: a continuous latent, a quantizer not yet switched on (AE
+      warm-up), a flag the model cannot use, or a run without a rate.
   """
 
   def __init__(self, workdir: str, budget: Optional[int] = None,
@@ -384,6 +468,7 @@ class Codec:
                for_decoding: bool = False,
                max_pixels: int = DEFAULT_MAX_PIXELS):
     from pcavae import train  # pylint: disable=g-import-not-at-top
+    from pcavae import warmup  # pylint: disable=g-import-not-at-top
     if int(batch_size) < 1:
       raise CodecError(f'--batch_size={batch_size} must be positive.')
     if int(max_pixels) < 1:
@@ -392,21 +477,22 @@ class Codec:
     self.max_pixels = int(max_pixels)
     config = train.load_config(workdir)
     kind = config.model.bottleneck.kind
-    self.symbol_key = configlib.make_bottleneck(config).symbol_key
+    self.bottleneck = configlib.make_bottleneck(config)
+    self.symbol_key = self.bottleneck.symbol_key
     if self.symbol_key is None:
       raise CodecError(
           f'config.model.bottleneck.kind={kind!r} in {workdir}: a continuous '
           'latent has no finite code to entropy-code; use a PCA (with '
-          '--budget or --bits), VQ-family, FSQ or LFQ run.')
+          '--budget or --bits), VQ-family, FSQ, LFQ or BSQ run.')
     self.config, self.model, self.variables, self.step = train.restore_model(
         workdir)
     self.kind = kind
+    self.latent_shape = configlib.latent_shape(self.config)
     self.model_fingerprint = model_fingerprint(self.config, self.step)
     self.tile_size = int(self.config.resolution)
     self.batch_size = int(batch_size)
     self.count_images = count_images
-    if 'warmup' in self.variables and not int(
-        np.asarray(self.variables['warmup']['active'])):
+    if not warmup.quantizer_on(self.variables):
       raise CodecError(
           f'{workdir} (step {self.step}): the AE warm-up has not switched the '
           'quantizer on yet, so the model decodes a continuous latent.')
@@ -415,71 +501,57 @@ class Codec:
         raise CodecError('decompress reads the rate from each file; it takes '
                          'no --budget/--bits.')
       self.rate_kind, self.rate = None, None
-    elif kind == 'pca':
-      self.rate_kind, self.rate = self._pca_rate(budget, bits)
     else:
-      if budget is not None or bits is not None:
-        raise CodecError(f'--budget/--bits are for PCA models; {workdir} is '
-                         f'{kind!r}, whose codes are the symbols.')
-      self.rate_kind, self.rate = RATE_CODES, 0
+      self.rate_kind, self.rate = self._rate(budget=budget, bits=bits)
     self._fns: Dict[Tuple[int, int], Any] = {}
     self._code_counts: Optional[np.ndarray] = None
 
   @property
   def fingerprint(self) -> bytes:
     """What a file must carry to decode with this codec: the model's
-    fingerprint, and for code models also the code counts."""
-    if self.kind == 'pca':
+    fingerprint, and with fitted models also their training counts."""
+    if not self._fitted():
       return self.model_fingerprint
     return hashlib.sha256(self.model_fingerprint + np.asarray(
         self.code_counts(), '<i8').tobytes()).digest()[:8]
 
+  def _fitted(self) -> bool:
+    """Whether the models are fitted to training counts (a fixed-rate
+    code; a bottleneck with rate settings codes with fixed tables)."""
+    return (not self.bottleneck.rate_settings
+            and num_fitted(self.coding(RATE_CODES, 0)) > 0)
+
   # -- rate ------------------------------------------------------------------
 
-  def _pca_rate(self, budget, bits_) -> Tuple[int, int]:
-    if budget is not None and bits_ is not None:
-      raise CodecError('--budget and --bits are exclusive.')
-    if budget is None and bits_ is None:
-      quant = configlib.make_bottleneck(self.config).coefficient_quantization
-      if quant is None:
-        raise CodecError(
-            f'{self.workdir} keeps 32-bit float coefficients: give '
-            '--budget=B (bits per tile) or --bits=b (bits per coefficient).')
-      return ((RATE_BUDGET, quant[1]) if quant[0] == 'budget'
-              else (RATE_BITS, quant[1]))
-    per_tile = bits.num_tokens(self.config) * int(
-        self.config.model.bottleneck.num_components)
-    if bits_ is not None:
-      if not 1 <= int(bits_) <= coding.MAX_COEFFICIENT_BITS:
-        raise CodecError(f'--bits={bits_} must lie in '
-                         f'1..{coding.MAX_COEFFICIENT_BITS}.')
-      return RATE_BITS, int(bits_)
-    most = per_tile * coding.MAX_COEFFICIENT_BITS
-    if not 1 <= int(budget) <= most:
-      raise CodecError(f'--budget={budget} (bits per tile) must lie in 1..'
-                       f'{most} ({per_tile} coefficients per tile).')
-    return RATE_BUDGET, int(budget)
+  def _rate(self, **given: Optional[int]) -> Tuple[int, int]:
+    """`(header rate kind, rate)` from the rate settings `given`."""
+    try:
+      rate = self.bottleneck.coding_rate(self.latent_shape, **given)
+    except ValueError as e:
+      raise CodecError(f'{self.workdir}: {e}') from e
+    if rate is None:
+      return RATE_CODES, 0
+    setting, value = rate
+    return RATE_KINDS[setting], int(value)
 
   def _rate_config(self, rate_kind: int, rate: int):
     """The run's config with the eval quantization of a rate."""
     config = self.config.copy_and_resolve_references()
     if rate_kind == RATE_CODES:
       return config
-    b = config.model.bottleneck
-    with b.unlocked():
-      b.coefficient_bits = (rate if rate_kind == RATE_BITS
-                            else coding.FLOAT_BITS)
-      b.coefficient_bit_budget = rate if rate_kind == RATE_BUDGET else None
+    overrides = self.bottleneck.rate_overrides(RATE_SETTINGS[rate_kind], rate)
+    with config.model.bottleneck.unlocked():
+      config.model.bottleneck.update(overrides)
     return config
 
   # -- jitted halves ---------------------------------------------------------
 
   def functions(self, rate_kind: int, rate: int):
-    """`(encode, decode, symbol_bits)` for a rate, compiled once each.
+    """`(encode, decode, coding)` for a rate, compiled once each.
 
     `encode(variables, tiles in [-1, 1]) -> symbols` is the eval path's
     discrete latent; `decode(variables, symbols) -> tiles in [-1, 1]`;
-    `symbol_bits` (PCA only, else None) the bits of each symbol of a tile.
+    `coding` the bottleneck's `Coding` of a tile's symbols at that rate.
     """
     key = (rate_kind, rate)
     if key in self._fns:
@@ -487,25 +559,26 @@ class Codec:
     from pcavae import train  # pylint: disable=g-import-not-at-top
     config = self._rate_config(rate_kind, rate)
     model = train.create_model(config)
+    bottleneck = (self.bottleneck if rate_kind == RATE_CODES else
+                  self.bottleneck.clone(**self.bottleneck.rate_overrides(
+                      RATE_SETTINGS[rate_kind], rate)))
 
     def encode(variables, tiles):
       _, aux = model.apply(variables, tiles, train=False)
       return aux[self.symbol_key]
 
-    symbol_bits = None
-    if self.kind == 'pca':
-      probe = np.zeros((1, self.tile_size, self.tile_size, 3), np.float32)
-      _, aux = jax.jit(functools.partial(model.apply, train=False))(
-          self.variables, probe)
-      symbol_bits = np.asarray(aux['symbol_bits'], np.int32)
+    probe = np.zeros((1, self.tile_size, self.tile_size, 3), np.float32)
+    _, aux = jax.jit(functools.partial(model.apply, train=False))(
+        self.variables, probe)
+    coding = bottleneck.coding(jax.device_get(aux))
+    side = None if coding.side is None else jnp.asarray(coding.side)
     latent_shape = configlib.latent_shape(config)
 
     def latent(variables, symbols):
       """The bottleneck's eval output from its symbols (the decoder's half
       of each bottleneck: `latent_from_symbols`)."""
       z = model.apply(
-          variables, symbols,
-          None if symbol_bits is None else jnp.asarray(symbol_bits),
+          variables, symbols, side,
           method=lambda m, s, b: m.bottleneck.latent_from_symbols(s, b))
       return z.reshape(symbols.shape[:1] + latent_shape)
 
@@ -513,18 +586,19 @@ class Codec:
       return model.apply(variables, latent(variables, symbols),
                          method=model.decode)
 
-    self._fns[key] = (jax.jit(encode), jax.jit(decode), symbol_bits)
+    self._fns[key] = (jax.jit(encode), jax.jit(decode), coding)
     return self._fns[key]
+
+  def coding(self, rate_kind: int, rate: int) -> bottlenecks.Coding:
+    """The bottleneck's `Coding` of a tile's symbols at a rate."""
+    return self.functions(rate_kind, rate)[2]
 
   # -- entropy models --------------------------------------------------------
 
-  def code_probabilities(self) -> np.ndarray:
-    """Smoothed code frequencies of the training split."""
-    return bits.smoothed_code_probabilities(self.code_counts())
-
   def code_counts(self) -> np.ndarray:
-    """Counts of each code over the first `count_images` training images,
-    read from / written to `W/codec/code_counts_step<step>.npz`."""
+    """The training counts of the fitted models (`count_symbols`) over the
+    first `count_images` training images, read from / written to
+    `W/codec/code_counts_step<step>.npz`."""
     if self._code_counts is None:
       self._code_counts = self._load_or_count_codes()
     return self._code_counts
@@ -533,21 +607,23 @@ class Codec:
     from pcavae import data  # pylint: disable=g-import-not-at-top
     path = os.path.join(self.workdir, CODE_COUNTS_DIR,
                         f'code_counts_step{self.step}.npz')
+    encode, _, coding = self.functions(RATE_CODES, 0)
+    size = num_fitted(coding)
     if os.path.exists(path):
       with np.load(path) as cached:
         if (bytes(cached['fingerprint']) == self.model_fingerprint
+            and cached['counts'].size == size
             and self.count_images in (None, int(cached['count_images']))):
           return np.asarray(cached['counts'], np.int64)
     num_images = (DEFAULT_COUNT_IMAGES if self.count_images is None
                   else int(self.count_images))
-    encode, _, _ = self.functions(RATE_CODES, 0)
     source = data.get_split(self.config.dataset, self.tile_size, 'train')
-    counts = np.zeros((bits.num_codes(self.config),), np.int64)
+    counts = np.zeros((size,), np.int64)
     for images, mask in data.eval_batches(
         source, global_batch_size=self.batch_size,
         num_examples=num_images):
-      codes = np.asarray(encode(self.variables, images))[mask]
-      counts += np.bincount(codes.reshape(-1), minlength=counts.size)
+      counts += count_symbols(coding,
+                              np.asarray(encode(self.variables, images))[mask])
     try:
       os.makedirs(os.path.dirname(path), exist_ok=True)
       tmp = path + '.tmp.npz'
@@ -562,15 +638,10 @@ class Codec:
                ) -> List[Tuple[Any, int, np.ndarray]]:
     """`(selector, count, probabilities)` per coded stream, in file order:
     the selector picks the stream's symbols out of `(num_tiles, ...)`."""
-    _, _, symbol_bits = self.functions(rate_kind, rate)
-    if symbol_bits is None:
-      return [(Ellipsis, -1, self.code_probabilities())]
-    out = []
-    for b in sorted(set(np.unique(symbol_bits).tolist()) - {0}):
-      mask = symbol_bits == b
-      out.append(((slice(None), mask), num_tiles * int(mask.sum()),
-                  coding.gaussian_symbol_probabilities(int(b))))
-    return out
+    coding = self.coding(rate_kind, rate)
+    counts = self.code_counts() if num_fitted(coding) else None
+    return [((slice(None), mask), num_tiles * int(mask.sum()), p)
+            for mask, p in stream_models(coding, counts)]
 
   # -- images ----------------------------------------------------------------
 
@@ -625,30 +696,29 @@ class Codec:
   def decode_symbols(self, data: bytes, path: str = '<bytes>'
                      ) -> Tuple[Header, np.ndarray]:
     """`.pcav` bytes -> `(header, symbols of every tile)`, the eval path's
-    `symbols` (PCA) or `codes` of the tiles, row-major."""
+    symbols (`aux[symbol_key]`) of the tiles, row-major."""
     from pcavae import tiling  # pylint: disable=g-import-not-at-top
     header, words = unpack_file(data, path, self.fingerprint)
     if header.tile_size != self.tile_size:
       raise CodecError(f'{path}: tile size {header.tile_size}, the model '
                        f'works at {self.tile_size}.')
     check_pixels(header.height, header.width, self.max_pixels, path)
-    if (self.kind == 'pca') == (header.rate_kind == RATE_CODES):
+    setting = RATE_SETTINGS.get(header.rate_kind)
+    if (header.rate_kind != RATE_CODES
+        and setting not in self.bottleneck.rate_settings) or (
+            header.rate_kind == RATE_CODES and self.bottleneck.rate_settings):
       raise CodecError(f'{path}: invalid header (rate kind '
                        f'{header.rate_kind} for a {self.kind!r} model).')
-    if self.kind == 'pca':
-      budget = header.rate if header.rate_kind == RATE_BUDGET else None
+    if setting is not None:
       try:
-        self._pca_rate(budget, None if budget else header.rate)
-      except CodecError as e:
+        self.bottleneck.coding_rate(self.latent_shape,
+                                    **{setting: header.rate})
+      except ValueError as e:
         raise CodecError(f'{path}: invalid rate in the header: {e}') from e
     grid = tiling.grid_for(header.height, header.width, header.tile_size)
-    _, _, symbol_bits = self.functions(header.rate_kind, header.rate)
-    shape = tuple(symbol_bits.shape if symbol_bits is not None
-                  else configlib.latent_shape(self.config)[:2])
+    shape = tuple(self.coding(header.rate_kind, header.rate).symbol_shape)
     streams = self._streams(header.rate_kind, header.rate, grid.num_tiles)
-    counts = [grid.num_tiles * int(np.prod(shape)) if n < 0 else n
-              for _, n, _ in streams]
-    coded = [(n, p) for n, (_, _, p) in zip(counts, streams)]
+    coded = [(n, p) for _, n, p in streams]
     # Before allocating: the payload must be one the header's tile count and
     # rate can give, so a short file cannot claim a large image.
     low, high = payload_word_bounds(coded)

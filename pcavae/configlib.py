@@ -9,9 +9,11 @@ import dataclasses
 import importlib.util
 import json
 import os
+import typing
 from typing import Any, Dict, Tuple
 
 import ml_collections
+from ml_collections import config_dict
 
 from pcavae import checks
 from pcavae import data
@@ -57,6 +59,28 @@ def bottleneck_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return kw
 
 
+def bottleneck_defaults(kind: str) -> Dict[str, Any]:
+  """The constructor defaults of bottleneck `kind` as config values: the one
+  source of a config's defaults for its keys. A None default of an
+  `Optional[T]` argument becomes a typed placeholder, so that
+  `--config.model.bottleneck.<key>=` can set it; arguments without a
+  default (e.g. the PCA's `num_components`) are left to the config."""
+  cls = bottlenecks.get(kind)
+  hints = typing.get_type_hints(cls)
+  out = {}
+  for f in dataclasses.fields(cls):
+    if (f.name in ('parent', 'name') + RUNTIME_ARGUMENTS
+        or f.default is dataclasses.MISSING):
+      continue
+    value = f.default
+    if value is None:
+      types = [t for t in typing.get_args(hints.get(f.name))
+               if t is not type(None)]
+      value = config_dict.placeholder(types[0]) if types else None
+    out[f.name] = value
+  return out
+
+
 def make_bottleneck(config: ml_collections.ConfigDict
                     ) -> bottlenecks.Bottleneck:
   """The configured bottleneck module (unbound: its facts, not its state).
@@ -81,10 +105,51 @@ def make_bottleneck(config: ml_collections.ConfigDict
   return cls(**kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class WarmupSettings:
+  """The AE warm-up keys of `config.model.bottleneck` (pcavae/warmup.py),
+  read once, each with its one default.
+
+  Attributes:
+    steps: N (0: no warm-up, the quantizer is on from the start); with
+      `auto` the latest step of the adaptive switch (the cap).
+    kmeans_batches: batches of latents collected for the switch's init.
+    kmeans_iters: Lloyd iterations of a k-means init.
+    auto: whether the adaptive criterion decides the switch step.
+    auto_every: steps between its checks.
+    auto_patience: checks in its window.
+    auto_tolerance: its threshold on the spread of log-variances.
+  """
+  steps: int = 0
+  kmeans_batches: int = DEFAULT_KMEANS_BATCHES
+  kmeans_iters: int = DEFAULT_KMEANS_ITERS
+  auto: bool = False
+  auto_every: int = DEFAULT_AUTO_EVERY
+  auto_patience: int = DEFAULT_AUTO_PATIENCE
+  auto_tolerance: float = DEFAULT_AUTO_TOLERANCE
+
+  @property
+  def enabled(self) -> bool:
+    return self.steps > 0
+
+  @property
+  def adaptive(self) -> bool:
+    """Whether the switch step is decided by the criterion."""
+    return self.enabled and self.auto
+
+
+def warmup_settings(config: ml_collections.ConfigDict) -> WarmupSettings:
+  """The raw warm-up keys of `config`, absent ones at their defaults (not
+  validated: `validate` checks them)."""
+  b = config.model.bottleneck
+  given = {f.name: b.get('warmup_' + f.name)
+           for f in dataclasses.fields(WarmupSettings)}
+  return WarmupSettings(**{k: v for k, v in given.items() if v is not None})
+
+
 def warmup_steps(config: ml_collections.ConfigDict) -> int:
-  """N of the AE warm-up (0: none; the quantizer is on from the start); with
-  `warmup_auto` the latest step of the adaptive switch (pcavae/warmup.py)."""
-  return int(config.model.bottleneck.get('warmup_steps', 0) or 0)
+  """N of the AE warm-up (`WarmupSettings.steps`)."""
+  return int(warmup_settings(config).steps or 0)
 
 
 def latent_shape(config: ml_collections.ConfigDict):
@@ -110,8 +175,9 @@ def eval_units(config: ml_collections.ConfigDict) -> Tuple[str, ...]:
   return tuple(units)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first bad key of `config`."""
+def validate(config: ml_collections.ConfigDict) -> bottlenecks.Bottleneck:
+  """Raises ValueError naming the first bad key of `config`; returns its
+  bottleneck (`make_bottleneck`), validated, for the run to use."""
   for key in _POSITIVE_INTS:
     value = config.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -154,6 +220,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   eval_units(config)
   data.validate_dataset_config(config.dataset, config.resolution)
+  return bottleneck
 
 
 def _validate_warmup(config: ml_collections.ConfigDict,
@@ -161,13 +228,12 @@ def _validate_warmup(config: ml_collections.ConfigDict,
   """The AE warm-up keys (pcavae/warmup.py)."""
   b = config.model.bottleneck
   key = 'config.model.bottleneck.'
-  n = b.get('warmup_steps', 0)
-  if n is None:
-    n = 0
+  w = warmup_settings(config)
+  n = w.steps
   if isinstance(n, bool) or not isinstance(n, int) or n < 0:
     raise ValueError(f'{key}warmup_steps={n!r} must be an integer >= 0.')
   if not n:
-    if b.get('warmup_auto', False):
+    if w.auto:
       raise ValueError(
           f'{key}warmup_auto=True needs {key}warmup_steps > 0: the latest '
           'step at which the adaptive switch may happen (the cap).')
@@ -177,21 +243,21 @@ def _validate_warmup(config: ml_collections.ConfigDict,
         f'{key}warmup_steps={n}: AE warm-up needs a quantizing bottleneck or '
         f'pca ({bottlenecks.warmup_kinds()}), not {b.kind!r}.')
   bottleneck.check_warmup(f'{key}warmup_steps={n}')
-  checks.positive(b.get('warmup_kmeans_batches', DEFAULT_KMEANS_BATCHES),
-                  key + 'warmup_kmeans_batches')
-  iters = b.get('warmup_kmeans_iters', DEFAULT_KMEANS_ITERS)
+  checks.positive(w.kmeans_batches, key + 'warmup_kmeans_batches')
+  iters = w.kmeans_iters
   if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
     raise ValueError(f'{key}warmup_kmeans_iters={iters!r} must be an integer '
                      '>= 0.')
-  _validate_warmup_auto(config, bottleneck)
+  _validate_warmup_auto(config, bottleneck, w)
 
 
 def _validate_warmup_auto(config: ml_collections.ConfigDict,
-                          bottleneck: bottlenecks.Bottleneck) -> None:
+                          bottleneck: bottlenecks.Bottleneck,
+                          w: WarmupSettings) -> None:
   """The adaptive switch's keys (pcavae/warmup.py), warm-up being on."""
   b = config.model.bottleneck
   key = 'config.model.bottleneck.'
-  auto = b.get('warmup_auto', False)
+  auto = w.auto
   if not isinstance(auto, bool):
     raise ValueError(f'{key}warmup_auto={auto!r} must be True or False.')
   if not auto:
@@ -200,11 +266,9 @@ def _validate_warmup_auto(config: ml_collections.ConfigDict,
     raise ValueError(
         f'{key}warmup_auto=True: the criterion water-fills at log2 K bits per '
         f'token and needs a quantizer with K codes, not {b.kind!r}.')
-  checks.positive(b.get('warmup_auto_every', DEFAULT_AUTO_EVERY),
-                  key + 'warmup_auto_every')
-  checks.positive(b.get('warmup_auto_patience', DEFAULT_AUTO_PATIENCE),
-                  key + 'warmup_auto_patience')
-  tol = b.get('warmup_auto_tolerance', DEFAULT_AUTO_TOLERANCE)
+  checks.positive(w.auto_every, key + 'warmup_auto_every')
+  checks.positive(w.auto_patience, key + 'warmup_auto_patience')
+  tol = w.auto_tolerance
   if (isinstance(tol, bool) or not isinstance(tol, (int, float))
       or not tol >= 0):
     raise ValueError(f'{key}warmup_auto_tolerance={tol!r} must be a number '
@@ -278,10 +342,19 @@ RESUMABLE_KEYS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                   'checkpoint_every_steps', 'keep_checkpoints', 'tensorboard',
                   'skip_nonfinite_steps', 'eval.', 'mesh.',
                   # The train stream is the same for any worker count.
-                  'data_workers',
-                  # Eval-only: training never quantizes the coefficients.
-                  'model.bottleneck.coefficient_bits',
-                  'model.bottleneck.coefficient_bit_budget')
+                  'data_workers')
+
+
+def eval_only_keys(config: ml_collections.ConfigDict) -> Tuple[str, ...]:
+  """The bottleneck keys of `config` that change only its eval
+  (`Bottleneck.eval_only_keys`, e.g. the PCA's coefficient quantization):
+  resumable too. None for an unknown kind (validation names it)."""
+  kind = config.model.bottleneck.get('kind')
+  try:
+    cls = bottlenecks.get(kind)
+  except ValueError:
+    return ()
+  return tuple('model.bottleneck.' + k for k in cls.eval_only_keys)
 
 
 def flatten(tree: Any, prefix: str = '') -> Dict[str, Any]:
@@ -315,6 +388,11 @@ ADDED_KEY_DEFAULTS = {
     # Runs saved without the key re-orthonormalised symmetrically.
     'model.bottleneck.orthonormalization': 'symmetric',
     'data_workers': 0,
+    # PCA keys the configs took at the layer's default before they listed
+    # every key (`bottleneck_defaults`).
+    'model.bottleneck.variance_alpha': 0.99,
+    'model.bottleneck.orthonormality_tolerance': 1e-2,
+    'model.bottleneck.orthonormality_check_every': 16,
 }
 
 
@@ -334,10 +412,13 @@ def _resolved(flat: Dict[str, Any]) -> Dict[str, Any]:
   return flat
 
 
-def differences(saved: Any, new: Any, ignore=RESUMABLE_KEYS):
+def differences(saved: Any, new: Any, ignore=None):
   """`[(key, saved value, new value)]` for keys that differ, minus `ignore`
-  and minus keys of `ADDED_KEY_DEFAULTS` absent from `saved` and at their
+  (default: `RESUMABLE_KEYS` and the new config's `eval_only_keys`) and
+  minus keys of `ADDED_KEY_DEFAULTS` absent from `saved` and at their
   default in `new`."""
+  if ignore is None:
+    ignore = RESUMABLE_KEYS + eval_only_keys(new)
   a, b = _resolved(flatten(saved)), _resolved(flatten(new))
   out = []
   for key in sorted(set(a) | set(b)):

@@ -27,11 +27,13 @@ matters):
                   image `reconstructions`: originals over reconstructions of
                   `config.eval.grid_size` images spread over the split.
   codes           eval/bits_per_image, the latent's nominal size
-                  (`bits.latent_bits`); for discrete codes (VQ family, FSQ,
-                  LFQ) the code histogram over the split: eval/
-                  codebook_usage, _perplexity, dead_codes; and
-                  eval/entropy_bits_per_image for discrete codes and
-                  quantized PCA coefficients: bits per image after ideal
+                  (`bits.latent_bits`); for a finite code, the streams of
+                  the bottleneck's `coding`: per categorical stream the
+                  code histogram over the split (eval/codebook_usage,
+                  _perplexity, dead_codes), per factorised-bits stream the
+                  entropy of each bit (eval/bit_entropy_mean, _min, in bits
+                  per bit; eval/bit_one_fraction_min, _max), and
+                  eval/entropy_bits_per_image: bits per image after ideal
                   entropy coding, estimated on the eval split
                   (`bits.SymbolCounts`; see pcavae/bits.py).
   rfid            eval/rfid_<N>: Frechet Inception distance between the
@@ -57,7 +59,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import threadpoolctl
 
 from pcavae import analysis
 from pcavae import bits
@@ -68,7 +69,7 @@ from pcavae import sharding
 from pcavae import train_state
 from pcavae import viz
 from pcavae.metrics import codebook as codebook_metrics
-from pcavae.models import pca as pca_lib
+from pcavae.models import bottlenecks
 from pcavae.sharding import gather  # pylint: disable=g-importing-member
 
 State = Dict[str, Any]
@@ -76,29 +77,34 @@ State = Dict[str, Any]
 Measurement = Tuple[str, Any]
 
 
-def latents(m, x):
+# `aux` entries of every bottleneck that the spectra read where present.
+SPECTRA_KEYS = ('codes', 'codebook')
+
+
+def latents(m, x, keys: Tuple[str, ...] = SPECTRA_KEYS):
   """The encoder and bottleneck outputs of `x` in eval mode (a method for
-  `model.apply`), with the bottleneck's codes, codebook and PCA input."""
+  `model.apply`), with the bottleneck's `aux` entries `keys`."""
   z = m.encode(x)
   z_q, aux = m.quantize(z.astype(jnp.float32), False)
   out = {'z_e': z, 'z_q': z_q}
-  for k in ('codes', 'codebook', 'pca_input'):
+  for k in keys:
     if k in aux:
       out[k] = aux[k]
   return out
 
 
-def make_predict_fns(model) -> Dict[str, Callable]:
+def make_predict_fns(model, keys: Tuple[str, ...] = SPECTRA_KEYS
+                     ) -> Dict[str, Callable]:
   """The model in eval mode, jitted, as `(state, images) -> outputs`:
   `reconstruct` gives `(reconstruction, aux)`, `latents` the dict of
-  `latents` (z_e, z_q and the bottleneck's codes, codebook, pca_input)."""
+  `latents` (z_e, z_q and the bottleneck's `aux` entries `keys`)."""
 
   def reconstruct(state: State, images: jax.Array):
     return model.apply(train_state.variables_of(state), images, train=False)
 
   def encode(state: State, images: jax.Array) -> Dict[str, jax.Array]:
     return model.apply(train_state.variables_of(state), images,
-                       method=latents)
+                       method=lambda m, x: latents(m, x, keys))
 
   return {'reconstruct': jax.jit(reconstruct), 'latents': jax.jit(encode)}
 
@@ -109,6 +115,7 @@ class Context(NamedTuple):
   mesh: jax.sharding.Mesh
   workdir: str                              # fid_stats/, spectra/ go here
   predict_fns: Dict[str, Callable]          # `make_predict_fns`
+  bottleneck: bottlenecks.Bottleneck        # the config's, unbound
 
 
 class Batch(NamedTuple):
@@ -211,47 +218,91 @@ class Reconstruction(Unit):
     return viz.image_grid([images, np.concatenate(recons)])
 
 
+class _HostAux:
+  """An eval batch's `aux`, each entry gathered to the host when read."""
+
+  def __init__(self, aux: Dict[str, jax.Array]):
+    self._aux, self._host = aux, {}
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._aux
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    if key not in self._host:
+      self._host[key] = gather(self._aux[key])
+    return self._host[key]
+
+
 class Codes(Unit):
-  """The latent's nominal bits; the code histogram and entropy-coded bits."""
+  """The latent's nominal bits; the statistics of its coding streams
+  (`Bottleneck.coding`) and their entropy-coded bits."""
 
   def __init__(self, context: Context):
-    # K of a discrete bottleneck (VQ family, FSQ, LFQ): its code histogram
-    # over the whole split gives eval/codebook_usage, _perplexity, dead_codes.
-    self.num_codes = bits.num_codes(context.config)
-    self.bits_per_image = bits.latent_bits(context.config)
+    self.bottleneck = context.bottleneck
+    self.bits_per_image = self.bottleneck.latent_bits(
+        configlib.latent_shape(context.config))
 
   def start(self, state: State, source, step: int) -> None:
     del state, source, step
     self.num_images = 0
-    self.code_hist = (np.zeros((self.num_codes,), np.int64)
-                      if self.num_codes is not None else None)
-    # Quantized PCA coefficients (aux `symbols`): histograms per stream.
-    self.symbol_counts, self.symbol_streams = bits.SymbolCounts(), None
+    self.coding: Optional[bottlenecks.Coding] = None
+    # Every selected symbol's (stream, group) histogram; per categorical
+    # stream its code histogram, per bits stream its ones per position.
+    self.symbol_counts = bits.SymbolCounts()
+    self.code_hists: Dict[int, np.ndarray] = {}
+    self.ones: Dict[int, np.ndarray] = {}
+    self.bit_totals: Dict[int, np.ndarray] = {}
+
+  def _start_coding(self, aux: _HostAux) -> None:
+    self.coding = self.bottleneck.coding(aux)
+    self.slots, self.slot_ids = bits.stream_slots(self.coding)
+    for j, stream in enumerate(self.coding.streams):
+      if stream.model == bottlenecks.CATEGORICAL:
+        self.code_hists[j] = np.zeros((stream.alphabet,), np.int64)
+      elif stream.model == bottlenecks.BITS:
+        d = stream.select.shape[-1]
+        self.ones[j] = np.zeros((d,), np.int64)
+        self.bit_totals[j] = np.zeros((d,), np.int64)
 
   def update(self, batch: Batch) -> None:
     self.num_images += int(batch.mask.sum())
-    if self.code_hist is not None:
-      codes = gather(batch.aux['codes'])[batch.mask]
-      self.code_hist += np.bincount(
-          codes.reshape(-1), minlength=self.num_codes)[:self.num_codes]
-    if 'symbols' in batch.aux:
-      if self.symbol_streams is None:
-        self.symbol_streams = bits.pca_symbol_streams(
-            gather(batch.aux['symbol_bits'])).reshape(-1)
-      symbols = gather(batch.aux['symbols'])[batch.mask]
-      self.symbol_counts.update(symbols.reshape(len(symbols), -1),
-                                self.symbol_streams)
+    key = self.bottleneck.symbol_key
+    if key is None or key not in batch.aux:
+      return
+    aux = _HostAux(batch.aux)
+    if self.coding is None:
+      self._start_coding(aux)
+    symbols = np.asarray(aux[key])[batch.mask]
+    flat = symbols.reshape(len(symbols), -1)
+    self.symbol_counts.update(flat[:, self.slots], self.slot_ids)
+    for j, stream in enumerate(self.coding.streams):
+      chosen = symbols[:, stream.select]
+      if j in self.code_hists:
+        k = stream.alphabet
+        self.code_hists[j] += np.bincount(chosen.reshape(-1),
+                                          minlength=k)[:k]
+      elif j in self.ones:
+        position = stream.group_ids()[stream.select]
+        d = self.ones[j].size
+        self.ones[j] += np.bincount(position, weights=chosen.sum(0),
+                                    minlength=d).astype(np.int64)
+        self.bit_totals[j] += np.bincount(position, minlength=d) * len(
+            symbols)
 
   def results(self) -> Iterator[Measurement]:
     yield 'eval/bits_per_image', float(self.bits_per_image)
-    if self.code_hist is not None:
-      yield from codebook_metrics.codebook_stats(self.code_hist,
-                                                 prefix='eval/').items()
-      # One stream: every location draws from the same codebook.
-      yield 'eval/entropy_bits_per_image', float(
-          self.code_hist.sum() / max(self.num_images, 1)
-          * bits.entropy_bits(self.code_hist))
-    elif self.symbol_counts.num_images:
+    for j, hist in self.code_hists.items():
+      prefix = 'eval/' if len(self.code_hists) == 1 else f'eval/stream{j}_'
+      yield from codebook_metrics.codebook_stats(hist, prefix=prefix).items()
+    if self.ones:
+      p = np.concatenate([self.ones[j] / np.maximum(self.bit_totals[j], 1)
+                          for j in self.ones])
+      entropy = bits.binary_entropy(p)
+      yield 'eval/bit_entropy_mean', float(np.mean(entropy))
+      yield 'eval/bit_entropy_min', float(np.min(entropy))
+      yield 'eval/bit_one_fraction_min', float(np.min(p))
+      yield 'eval/bit_one_fraction_max', float(np.max(p))
+    if self.symbol_counts.num_images:
       yield 'eval/entropy_bits_per_image', self.symbol_counts.bits_per_image()
 
 
@@ -345,23 +396,19 @@ class Spectra(Unit):
     codebook       every code of an explicit codebook (`aux['codebook']`:
                    vq, ema_vq, simvq, vqgan_fc; in the lookup space)
     codebook_used  the codes the reference set hits
-    pca_coef       PCA: square roots of the running coefficient variances
-                   (`pca` collection `coef_var`, averaged over locations in
-                   `spatial` mode), largest first
+    ...            the bottleneck's own (`Bottleneck.diagnostics`, e.g. the
+                   PCA's `pca_coef`)
 
-  For a PCA bottleneck it also measures whether the layer is a PCA of what
-  it sees (`analysis.pca_fidelity` on the reference set's PCA inputs, one
-  problem per location in `spatial` mode): `pca/captured_variance` (mean
-  over problems) and `_min`, `pca/order_spearman` (-1: variance-ordered),
-  `pca/eigenvector_alignment` over `pca/identifiable_components`, timed as
-  `eval/seconds_pca_fidelity`, with a plot of them over training
-  (`viz.fidelity_plot`).
+  The bottleneck adds its own diagnostics of its state and of its
+  `diagnostic_keys` over the reference set (`Bottleneck.diagnostics`: for
+  the PCA, whether the layer is a PCA of what it sees, `pca/...`), and
+  figures of them over training (`Bottleneck.diagnostic_figures`).
 
-  Each gives `spectra/<name>/erank`, `/pr` and `/dim99` (99%-variance
-  dimension); the raw spectra go to `workdir/spectra/step_<n>.npz` (with the
-  PCA basis' orthonormality error and the fidelity values), and on the
-  primary process it yields the images `spectra` (`viz.spectrum_plot` of
-  every eval so far) and for a PCA `pca_fidelity` (`viz.fidelity_plot`).
+  Each spectrum gives `spectra/<name>/erank`, `/pr` and `/dim99`
+  (99%-variance dimension); the raw spectra go to
+  `workdir/spectra/step_<n>.npz` (with the bottleneck's saved scalars,
+  `load_saved`), and on the primary process it yields the images `spectra`
+  (`viz.spectrum_plot` of every eval so far) and the bottleneck's figures.
   The cost, plots included, is `eval/seconds_spectra`.
   """
 
@@ -374,6 +421,7 @@ class Spectra(Unit):
     self.num_images = int(self.config.eval.get('spectra_num_images', 0) or 0)
     self.threshold = float(self.config.eval.get('spectra_threshold', 0.99))
     self.step_fn = context.predict_fns['latents']
+    self.bottleneck = context.bottleneck
 
   def directory(self) -> str:
     return os.path.join(self.workdir, SPECTRA_DIR)
@@ -381,12 +429,14 @@ class Spectra(Unit):
   def start(self, state: State, source, step: int) -> None:
     self.state, self.source, self.step = state, source, step
 
-  def spectra(self, state: State, source) -> Tuple[Dict[str, np.ndarray],
-                                                   Dict[str, float]]:
-    """`({name: singular values}, extras)` of the reference set; for a
-    PCA the extras hold the fidelity values (`FIDELITY_PREFIX` + name)."""
+  def spectra(self, state: State, source
+              ) -> Tuple[Dict[str, np.ndarray], Dict[str, float],
+                         Dict[str, float]]:
+    """`({name: singular values}, saved scalars, logged scalars)` of the
+    reference set; the bottleneck's diagnostics among them."""
     cfg = self.config
-    z_e, z_q, codes, codebook, pca_input = [], [], [], None, []
+    z_e, z_q, codes, codebook = [], [], [], None
+    inputs = {k: [] for k in self.bottleneck.diagnostic_keys}
     for images, mask in data.eval_batches(
         source, global_batch_size=cfg.eval.batch_size,
         num_examples=self.num_images, process_index=jax.process_index(),
@@ -398,8 +448,10 @@ class Spectra(Unit):
       z_q.append(gather(out['z_q'])[mask_h])
       if 'codes' in out:
         codes.append(gather(out['codes'])[mask_h])
-      if 'pca_input' in out:
-        pca_input.append(_pca_rows(gather(out['pca_input']), mask_h))
+      for k in inputs:
+        if k in out:
+          inputs[k].append(self.bottleneck.diagnostic_rows(
+              k, gather(out[k]), mask_h))
       if 'codebook' in out and codebook is None:
         # gather: under FSDP / multi-host it need not be fully addressable.
         codebook = gather(out['codebook'])
@@ -408,77 +460,48 @@ class Spectra(Unit):
         'z_e': analysis.singular_values(z_e.reshape(-1, z_e.shape[-1])),
         'z_q': analysis.singular_values(z_q.reshape(-1, z_q.shape[-1])),
     }
-    extras: Dict[str, float] = {'num_images': float(z_e.shape[0])}
+    saved: Dict[str, float] = {'num_images': float(z_e.shape[0])}
     if codebook is not None:
       spectra['codebook'] = analysis.singular_values(codebook)
       used = np.unique(np.concatenate(codes).reshape(-1))
-      extras['num_used_codes'] = float(used.size)
+      saved['num_used_codes'] = float(used.size)
       # Fewer than two used codes have no spread to measure.
       spectra['codebook_used'] = (
           analysis.singular_values(codebook[used]) if used.size > 1
           else np.zeros((1,)))
-    pca_state = train_state.collections_of(state).get('pca')
-    if pca_state is not None:
-      leaves = {}
-      for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:
-        key = path[-1].key
-        if key == 'coef_var':
-          leaves[key] = np.asarray(gather(leaf), np.float64)
-          var = leaves[key].reshape(-1, leaves[key].shape[-1]).mean(0)
-          spectra['pca_coef'] = np.sort(np.sqrt(np.maximum(var, 0)))[::-1]
-        elif key == 'basis':
-          extras['pca_orthonormality_error'] = float(
-              pca_lib.orthonormality_error(leaf))
-          leaves[key] = np.asarray(gather(leaf), np.float64)
-      if pca_input and 'basis' in leaves:
-        t0 = time.perf_counter()
-        # One BLAS thread: many small eigendecompositions (one per location)
-        # gain nothing from threads, and OpenBLAS threads next to a loaded
-        # CPU spin: 17 s instead of 0.4 s measured for 64 of 64 x 64.
-        with threadpoolctl.threadpool_limits(1):
-          fidelity = analysis.pca_fidelity(
-              np.concatenate(pca_input, axis=-2), leaves['basis'],
-              leaves['coef_var'])
-        for k, v in fidelity.items():
-          extras[FIDELITY_PREFIX + k] = v
-        extras['seconds_pca_fidelity'] = time.perf_counter() - t0
-    return spectra, extras
+    collections = jax.tree.map(gather, train_state.collections_of(state))
+    own_spectra, logged, own_saved = self.bottleneck.diagnostics(
+        collections, inputs)
+    spectra.update(own_spectra)
+    saved.update(own_saved)
+    return spectra, saved, logged
 
   def results(self) -> Iterator[Measurement]:
-    """`spectra/*` (and for a PCA `pca/*`) scalars and
+    """`spectra/*` scalars, the bottleneck's diagnostics and
     `eval/seconds_spectra`; the plots on the primary process."""
     if not self.num_images:
       return
     t0 = time.perf_counter()
     step = self.step
-    spectra, extras = self.spectra(self.state, self.source)
+    spectra, saved, logged = self.spectra(self.state, self.source)
     out: Dict[str, Any] = {}
     for name, s in spectra.items():
       for k, v in analysis.spectrum_summary(s, self.threshold).items():
         out[f'spectra/{name}/{k}'] = float(v)
-    if 'num_used_codes' in extras:
-      out['spectra/codebook_used/num_codes'] = extras['num_used_codes']
-    for k, v in extras.items():
-      if k.startswith(FIDELITY_PREFIX):
-        out['pca/' + k[len(FIDELITY_PREFIX):]] = float(v)
-    if 'seconds_pca_fidelity' in extras:
-      out['eval/seconds_pca_fidelity'] = extras['seconds_pca_fidelity']
+    if 'num_used_codes' in saved:
+      out['spectra/codebook_used/num_codes'] = saved['num_used_codes']
+    out.update(logged)
     if sharding.is_primary():
       os.makedirs(self.directory(), exist_ok=True)
       np.savez(os.path.join(self.directory(), f'step_{int(step):07d}.npz'),
                step=np.int64(step), **spectra,
-               **{k: np.float64(v) for k, v in extras.items()})
+               **{k: np.float64(v) for k, v in saved.items()})
       out['spectra'] = viz.spectrum_plot(
           self.history(step), self.threshold,
           title=f'{self.config.model.bottleneck.kind}: '
           'singular values of centred vectors')
-      fidelity = load_fidelity(self.workdir, step)
-      if fidelity:
-        b = self.config.model.bottleneck
-        out['pca_fidelity'] = viz.fidelity_plot(
-            fidelity, title=f"PCA ({b.get('mode', 'spatial')}, "
-            f"tracker {b.get('tracker', 'reference')}) vs the exact PCA of "
-            f'{int(extras["num_images"])} eval images')
+      out.update(self.bottleneck.diagnostic_figures(
+          load_saved(self.workdir, step), int(saved['num_images'])))
     out['eval/seconds_spectra'] = time.perf_counter() - t0
     yield from out.items()
 
@@ -500,11 +523,17 @@ class Evaluator:
   """The units of `config.eval.units` over one model, run at every eval."""
 
   def __init__(self, model, config: ml_collections.ConfigDict, mesh,
-               workdir: str):
+               workdir: str,
+               bottleneck: Optional[bottlenecks.Bottleneck] = None):
     self.config = config
     self.mesh = mesh
-    self.predict_fns = make_predict_fns(model)
-    context = Context(config, mesh, workdir, self.predict_fns)
+    # The config's bottleneck (`configlib.make_bottleneck`), built if not
+    # given.
+    if bottleneck is None:
+      bottleneck = configlib.make_bottleneck(config)
+    self.predict_fns = make_predict_fns(
+        model, SPECTRA_KEYS + tuple(bottleneck.diagnostic_keys))
+    context = Context(config, mesh, workdir, self.predict_fns, bottleneck)
     # Built now: a unit's networks load (or fail) before training.
     self.units: List[Unit] = [UNITS[name](context)
                               for name in configlib.eval_units(config)]
@@ -557,18 +586,6 @@ def _collect(measurements: Iterator[Measurement], scalars: Dict[str, float],
       scalars[name] = value
 
 
-FIDELITY_PREFIX = 'pca_fidelity_'
-
-
-def _pca_rows(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """The rows of the PCA's eval input (aux `pca_input`: `(L, B, D)`,
-  `(B L, D)` or `(B, N)`) that belong to the images where `mask` is set."""
-  if x.ndim == 3:                                   # spatial: (L, B, D)
-    return x[:, mask]
-  per_image = x.shape[0] // mask.shape[0]           # shared: L rows each
-  return x[np.repeat(mask, per_image)]
-
-
 def _spectra_files(workdir: str, up_to_step: Optional[int] = None):
   """Yields `(step, open npz)` for each `spectra/step_*.npz` of `workdir`
   up to a step, in file-name order; each file is closed after its yield."""
@@ -584,21 +601,19 @@ def _spectra_files(workdir: str, up_to_step: Optional[int] = None):
         yield step, f
 
 
-def load_fidelity(workdir: str, up_to_step: Optional[int] = None
-                  ) -> Dict[str, np.ndarray]:
-  """The PCA fidelity values saved with the spectra: `{'step': (k,),
-  name: (k,)}` over the evals up to a step, in step order (empty without a
-  PCA)."""
+def load_saved(workdir: str, up_to_step: Optional[int] = None
+               ) -> Dict[str, np.ndarray]:
+  """The scalars saved with the spectra (the bottleneck's diagnostics among
+  them): `{'step': (k,), name: (k,)}` over the evals up to a step, in step
+  order, NaN where an eval lacks a value (empty without any)."""
   rows = []
   for step, f in _spectra_files(workdir, up_to_step):
-    values = {k[len(FIDELITY_PREFIX):]: float(f[k]) for k in f.files
-              if k.startswith(FIDELITY_PREFIX)}
-    if values:
-      rows.append((step, values))
+    rows.append((step, {k: float(f[k]) for k in f.files
+                        if k != 'step' and f[k].ndim == 0}))
   if not rows:
     return {}
   out = {'step': np.array([s for s, _ in rows], np.int64)}
-  for k in rows[-1][1]:
+  for k in sorted({k for _, v in rows for k in v}):
     out[k] = np.array([v.get(k, np.nan) for _, v in rows], np.float64)
   return out
 

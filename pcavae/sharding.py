@@ -11,7 +11,7 @@ state of a `spatial` PCA bottleneck (one PCA per latent location) is split by
 location over every device instead (`config.mesh.pca_locations`, on by
 default): each device then runs the Sanger update and the projections of its
 own L / devices locations, where a replicated basis has every device repeat
-all of them (see `pca_location_sharding`).
+all of them (see `location_sharding`).
 
 Under `jax.jit` with these shardings, batch means inside the model (the PCA
 layer's) are global means: XLA inserts the all-reduce, no explicit collective
@@ -242,42 +242,49 @@ def fsdp_spec(shape, fsdp_size: int) -> P:
   return P()
 
 
-def pca_location_sharding(config: ml_collections.ConfigDict,
-                          mesh: Mesh) -> NamedSharding | None:
-  """Where a `spatial` PCA bottleneck's per-location arrays go, or None.
+def location_sharding(config: ml_collections.ConfigDict, mesh: Mesh,
+                      bottleneck=None) -> NamedSharding | None:
+  """Where a location-sharded bottleneck's per-location arrays go, or None.
 
-  In `spatial` mode the PCA state (basis `(L, D, Q)`, means, variances) and
-  the samples `(L, B, D)` have the latent location first. Split along it over
-  both mesh axes, each of the N devices updates and projects L / N locations;
-  XLA moves the samples from batch- to location-split and the reconstruction
+  A bottleneck whose state and samples have the latent location first
+  (`Bottleneck.location_sharded`: the `spatial` PCA, with its basis
+  `(L, D, Q)`, means, variances and samples `(L, B, D)`) can split by it.
+  Split along it over both mesh axes, each of the N devices updates and
+  projects L / N locations; XLA moves the samples from batch- to location-split and the reconstruction
   back (two all-to-alls of the `(L, B, D)` latent, small next to the basis).
   Measured on 2 forced CPU devices (spatial16, docs/speed.md): 1490-1641 ms
   per step split vs 1833-1883 ms replicated.
 
   None (replicated) when `config.mesh.pca_locations` is False, the bottleneck
-  is not a `spatial` PCA, the mesh has one device, or the number of locations
-  is not divisible by the number of devices.
+  is not location-sharded, the mesh has one device, or the number of
+  locations is not divisible by the number of devices. `bottleneck`: the
+  config's (`configlib.make_bottleneck`), built if not given.
   """
-  b = config.model.bottleneck
-  if (not config.mesh.get('pca_locations', True) or b.kind != 'pca'
-      or b.get('mode', 'spatial') != 'spatial' or mesh.size == 1):
+  if bottleneck is None:
+    bottleneck = configlib.make_bottleneck(config)
+  if (not config.mesh.get('pca_locations', True) or mesh.size == 1
+      or not bottleneck.location_sharded()):
     return None
   h, w, _ = configlib.latent_shape(config)
   if (h * w) % mesh.size:
     logging.info('The %d latent locations do not split over %d devices; the '
-                 'PCA state stays replicated.', h * w, mesh.size)
+                 'bottleneck state stays replicated.', h * w, mesh.size)
     return None
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh,
-                    config: ml_collections.ConfigDict) -> Any:
+                    config: ml_collections.ConfigDict, bottleneck=None
+                    ) -> Any:
   """Shardings for a train-state dict: params and optimizer state sharded
-  along `fsdp` (when it is > 1), the `pca` collection of a `spatial` PCA split
-  by location (`pca_location_sharding`, as the model built by
+  along `fsdp` (when it is > 1), the state collection of a location-sharded
+  bottleneck split by location (`location_sharding`, as the model built by
   `train.create_model(config, mesh)` expects), everything else replicated."""
   k = mesh.shape[FSDP_AXIS]
-  locations = pca_location_sharding(config, mesh)
+  if bottleneck is None:
+    bottleneck = configlib.make_bottleneck(config)
+  locations = location_sharding(config, mesh, bottleneck)
+  own = bottleneck.state_collection
 
   def one(path, leaf):
     top = getattr(path[0], 'key', None)
@@ -286,8 +293,8 @@ def state_shardings(abstract_state: Any, mesh: Mesh,
     ndim = getattr(leaf, 'ndim', 0)
     if top in FSDP_STATE_KEYS and ndim > 0:
       return NamedSharding(mesh, fsdp_spec(leaf.shape, k))
-    if collection == 'pca' and ndim > 0 and locations is not None:
-      return locations  # every non-scalar PCA leaf is per location
+    if collection == own and ndim > 0 and locations is not None:
+      return locations  # every non-scalar leaf of its state is per location
     return NamedSharding(mesh, P())
   return jax.tree_util.tree_map_with_path(one, abstract_state)
 

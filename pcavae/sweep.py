@@ -47,6 +47,7 @@ SIZES = {
                    'simvq_16x16_k8192', 'vqgan_fc_16x16_k1024',
                    'vqgan_fc_16x16_k8192', 'fsq_16x16_l8555',
                    'fsq_16x16_l88865', 'lfq_16x16_d10', 'lfq_16x16_d14',
+                   'bsq_16x16_d18', 'bsq_16x16_d36',
                    'kl_16x16_c4', 'vq_8x8_k1024', 'vq_4x4_k1024')),
 }
 
@@ -58,6 +59,7 @@ BASELINES = {
     'vqgan_fc': ('vqgan_fc', 'VQGAN-FC', 'codebook_size'),
     'fsq': ('fsq', 'FSQ', 'levels'),
     'lfq': ('lfq', 'LFQ', 'code_dim'),
+    'bsq': ('bsq', 'BSQ', 'code_dim'),
     'kl': ('kl', 'KL-VAE', 'latent_channels'),
 }
 DEFAULT_BITS = (32, 8, 6, 4)

@@ -37,20 +37,23 @@ from pcavae import vqgan
 from pcavae import warmup
 from pcavae import writers
 from pcavae.models import autoencoder
-from pcavae.models import pca as pca_lib
+from pcavae.models import bottlenecks
 
 State = Dict[str, Any]
 CONFIG_FILE = 'config.json'
 
 
 def create_model(config: ml_collections.ConfigDict,
-                 mesh: Optional[jax.sharding.Mesh] = None
+                 mesh: Optional[jax.sharding.Mesh] = None,
+                 bottleneck: Optional[bottlenecks.Bottleneck] = None
                  ) -> autoencoder.Autoencoder:
-  """The model of `config`; with the `mesh` it will run on, a `spatial` PCA
-  works on its own locations per device (`sharding.pca_location_sharding`;
+  """The model of `config`; with the `mesh` it will run on, a
+  location-sharded bottleneck (the `spatial` PCA) works on its own
+  locations per device (`sharding.location_sharding`, passed as its
+  `sample_sharding`;
   the state must then be placed by `sharding.state_shardings(..., config)`)."""
   kwargs = configlib.bottleneck_kwargs(config)
-  locations = (sharding.pca_location_sharding(config, mesh)
+  locations = (sharding.location_sharding(config, mesh, bottleneck)
                if mesh is not None else None)
   if locations is not None:
     kwargs['sample_sharding'] = locations
@@ -61,7 +64,7 @@ def create_model(config: ml_collections.ConfigDict,
       bottleneck_kind=config.model.bottleneck.kind,
       bottleneck_kwargs=kwargs,
       dtype=jnp.dtype(config.compute_dtype),
-      warmup=warmup.enabled(config),
+      warmup=configlib.warmup_settings(config).enabled,
       winograd=uses_winograd(config))
 
 
@@ -126,7 +129,9 @@ def make_init_fn(model, tx, config) -> Callable[[jax.Array], State]:
     if vqgan.enabled(config):
       # fold_in, not a wider split: runs without a GAN keep their init.
       state.update(vqgan.init_state(config, jax.random.fold_in(init_rng, 1)))
-    state.update(warmup.init_auto_state(config))  # adaptive switch history
+    # The adaptive switch's history.
+    state.update(warmup.init_auto_state(configlib.warmup_settings(config),
+                                        config.model.latent_dim))
     return state
   return init
 
@@ -156,37 +161,46 @@ def _tree_norm(tree: Any) -> jax.Array:
 
 
 def jit_train_step(model, tx, schedule, config: ml_collections.ConfigDict,
-                   mesh, state_sharding):
+                   mesh, state_sharding,
+                   bottleneck: Optional[bottlenecks.Bottleneck] = None):
   """The jitted, state-donating train step with the state's shardings
   pinned on input and output (unpinned, XLA may shard a replicated PCA basis
   on the way out, and the next call then rejects it)."""
   return jax.jit(
-      make_train_step(model, tx, schedule, config),
+      make_train_step(model, tx, schedule, config, bottleneck),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=(0,))
 
 
-def build_training(config: ml_collections.ConfigDict, mesh, rng: jax.Array
+def build_training(config: ml_collections.ConfigDict, mesh, rng: jax.Array,
+                   bottleneck: Optional[bottlenecks.Bottleneck] = None
                    ) -> Dict[str, Any]:
   """Model, optimizer, the state's abstract shape and shardings and the
   jitted train step: what `train_and_evaluate` and the benchmarks
   (`experiments/throughput.py`) both build before they have a state.
 
+  The bottleneck's facts come from `bottleneck`, the config's
+  (`configlib.make_bottleneck`), built here once if not given.
+
   Returns:
-    A dict with `model`, `tx`, `schedule`, `init_fn`, `abstract_state`,
-    `state_sharding` and `train_step` (`jit_train_step`'s function of
-    `(state, batch)`).
+    A dict with `bottleneck`, `model`, `tx`, `schedule`, `init_fn`,
+    `abstract_state`, `state_sharding` and `train_step` (`jit_train_step`'s
+    function of `(state, batch)`).
   """
-  model = create_model(config, mesh)
+  if bottleneck is None:
+    bottleneck = configlib.make_bottleneck(config)
+  model = create_model(config, mesh, bottleneck)
   tx, schedule = make_optimizer(config)
   init_fn = make_init_fn(model, tx, config)
   abstract_state = jax.eval_shape(init_fn, rng)
-  state_sharding = sharding.state_shardings(abstract_state, mesh, config)
-  return {'model': model, 'tx': tx, 'schedule': schedule, 'init_fn': init_fn,
+  state_sharding = sharding.state_shardings(abstract_state, mesh, config,
+                                            bottleneck)
+  return {'bottleneck': bottleneck, 'model': model, 'tx': tx,
+          'schedule': schedule, 'init_fn': init_fn,
           'abstract_state': abstract_state, 'state_sharding': state_sharding,
           'train_step': jit_train_step(model, tx, schedule, config, mesh,
-                                       state_sharding)}
+                                       state_sharding, bottleneck)}
 
 
 def new_training(config: ml_collections.ConfigDict, mesh, rng: jax.Array
@@ -199,7 +213,9 @@ def new_training(config: ml_collections.ConfigDict, mesh, rng: jax.Array
 
 
 def bottleneck_loss_scale(config: ml_collections.ConfigDict,
-                          image_shape: Tuple[int, ...]) -> float:
+                          image_shape: Tuple[int, ...],
+                          bottleneck: Optional[bottlenecks.Bottleneck] = None
+                          ) -> float:
   """The factor on the bottleneck's `aux['loss']` in the training loss.
 
   The reconstruction loss is a per-element mean and every bottleneck's loss
@@ -208,22 +224,29 @@ def bottleneck_loss_scale(config: ml_collections.ConfigDict,
   loss is per image (`per_image_loss`: the KL). Latent diffusion weighs its
   per-image KL against a reconstruction loss summed over each image's
   pixels, so it is divided by `H * W * C` (`config.loss.kl_normalization`,
-  `losses.kl_loss_scale`).
+  `losses.kl_loss_scale`). `bottleneck`: the config's, built if not given.
   """
-  if not configlib.make_bottleneck(config).per_image_loss:
+  if bottleneck is None:
+    bottleneck = configlib.make_bottleneck(config)
+  if not bottleneck.per_image_loss:
     return 1.0
   return losses.kl_loss_scale(image_shape,
                               config.loss.get('kl_normalization', 'ldm'))
 
 
-def make_train_step(model, tx, schedule, config) -> Callable:
+def make_train_step(model, tx, schedule, config,
+                    bottleneck: Optional[bottlenecks.Bottleneck] = None
+                    ) -> Callable:
   """`(state, batch) -> (state, measurements)`; pure, to be jitted.
 
   Loss: `reconstruction(recon, batch) + scale * aux['loss']` (mean over
   elements; `scale` from `bottleneck_loss_scale`), or the VQGAN objective's
   (pcavae/vqgan.py) when `config.loss.kind='vqgan'`. `bottleneck_loss` in
-  the measurements is the scaled term, as added.
+  the measurements is the scaled term, as added. `bottleneck`: the
+  config's, built here (outside the traced step) if not given.
   """
+  if bottleneck is None:
+    bottleneck = configlib.make_bottleneck(config)
   rec_loss_fn = losses.RECONSTRUCTION[losses.reconstruction_name(
       config.loss.reconstruction, config.loss.get('kind', 'reconstruction'))]
   # The VQGAN objective (config.loss.kind='vqgan') replaces the gradient
@@ -249,7 +272,8 @@ def make_train_step(model, tx, schedule, config) -> Callable:
       loss = rec + aux['loss']
       return loss, (dict(new_cols), aux, rec)
 
-    scale = bottleneck_loss_scale(config, batch.shape)  # static shapes
+    scale = bottleneck_loss_scale(config, batch.shape,  # static shapes
+                                  bottleneck)
     gan_state, gan_measurements = {}, {}
     if gan_grad_fn is None:
       (loss, (new_cols, aux, rec)), grads = jax.value_and_grad(
@@ -379,7 +403,8 @@ class NonFiniteError(FloatingPointError):
   """A train step produced a NaN/Inf loss or gradient."""
 
 
-def _check_finite(state: State, config) -> int:
+def _check_finite(state: State, config,
+                  bottleneck: bottlenecks.Bottleneck) -> int:
   """Returns the number of skipped non-finite steps; raises on the first
   one unless `config.skip_nonfinite_steps`, with a one-line message naming
   what went NaN/Inf first: a variable of a non-trainable collection (checked
@@ -393,19 +418,18 @@ def _check_finite(state: State, config) -> int:
                'good checkpoint is intact.')
     skip = ('or set config.skip_nonfinite_steps=True to skip such steps and '
             'count them.')
-    pca_rate = ('config.model.bottleneck.learning_rate (the PCA\'s Hebbian '
-                'rate; unset, it follows config.optimizer.learning_rate) or '
-                'clip it with config.model.bottleneck.max_update_norm')
+    own_rate = bottleneck.nonfinite_hint
     if what in NONFINITE_ORDER:
       hint = 'Lower config.optimizer.learning_rate'
-      if config.model.bottleneck.get('kind') == 'pca':
-        hint += f' (and/or {pca_rate})'
+      if own_rate:
+        hint += f' (and/or {own_rate})'
       raise NonFiniteError(
           f'Non-finite {what} at step {first} (the first non-finite '
           f'measurement of that step, checked in the order '
           f'{NONFINITE_ORDER}, after every non-trainable variable stayed '
           f'finite). {stopped} {hint}, {skip}')
-    hint = (f'Lower {pca_rate}' if what.startswith('pca/') else
+    hint = (f'Lower {own_rate}' if own_rate and what.startswith(
+        f'{bottleneck.state_collection}/') else
             'Check the bottleneck\'s own update keys '
             '(config.model.bottleneck.*, e.g. decay)')
     raise NonFiniteError(
@@ -460,7 +484,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The final eval metrics (`eval/psnr`, `eval/ssim`, ...).
   """
-  configlib.validate(config)
+  # The config's bottleneck, built once: every fact of it comes from this one.
+  bottleneck = configlib.validate(config)
   if config_mismatch not in ('error', 'allow'):
     raise ValueError(f'config_mismatch={config_mismatch!r}: error | allow.')
   check_resumable(config, workdir, config_mismatch)
@@ -478,13 +503,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                config.resolution)
 
   rng = jax.random.PRNGKey(config.seed)
-  built = build_training(config, mesh, rng)
+  built = build_training(config, mesh, rng, bottleneck)
   model, init_fn = built['model'], built['init_fn']
   abstract_state = built['abstract_state']
   state_sharding = built['state_sharding']
   train_step = built['train_step']
   # Loads the metric networks now, so a missing weight file fails early.
-  evaluator = evaluators.Evaluator(model, config, mesh, workdir)
+  evaluator = evaluators.Evaluator(model, config, mesh, workdir, bottleneck)
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     keep=config.keep_checkpoints)
@@ -498,13 +523,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     logging.info('Resumed from the checkpoint at step %d in %s.', start_step,
                  workdir)
-  basis = [leaf for leaf in jax.tree.leaves(
-      collections_of(state).get('pca', {}))
-           if leaf.ndim == 3]  # a spatial PCA's (L, D, Q)
-  if basis and mesh.size > 1:
-    b = basis[0]
+  own = collections_of(state).get(bottleneck.state_collection, {})
+  per_location = [leaf for leaf in jax.tree.leaves(own) if leaf.ndim > 1]
+  if bottleneck.location_sharded() and per_location and mesh.size > 1:
+    b = per_location[0]
     per_device = b.sharding.shard_shape(b.shape)[0]
-    logging.info('PCA state on %d devices: %s.', mesh.size,
+    logging.info('%s state on %d devices: %s.', bottleneck.state_collection,
+                 mesh.size,
                  f'split by location, {per_device} of {b.shape[0]} each'
                  if per_device < b.shape[0] else 'replicated')
 
@@ -520,15 +545,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # AE warm-up: a one-off host-side switch at step N, or where the adaptive
   # criterion decides (checks every warmup_auto_every steps; pcavae/warmup.py).
-  switch = (warmup.Switch(model, config, mesh, state_sharding)
-            if warmup.enabled(config) else None)
+  warmup_settings = configlib.warmup_settings(config)
+  switch = (warmup.Switch(model, config, mesh, state_sharding, bottleneck,
+                          warmup_settings)
+            if warmup_settings.enabled else None)
   # Scalars for the next log record: the warm-up switch's, the first step's
   # latency.
   pending_scalars: Dict[str, float] = {}
 
   def run_eval(step: int) -> Dict[str, float]:
     results, images = evaluator(state, splits.eval, step)
-    for name, value in collections_stats(state).items():
+    for name, value in collections_stats(state, bottleneck).items():
       results[name] = value
     writer.write_scalars(step, results)
     paths = [writer.write_image(step, name, image)
@@ -588,7 +615,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         scalars['steps_per_sec'] = rate
         scalars['images_per_sec'] = rate * config.batch_size
         scalars['input_wait_fraction'] = wait_time / max(now - t_log, 1e-9)
-        scalars['num_nonfinite_steps'] = _check_finite(state, config)
+        scalars['num_nonfinite_steps'] = _check_finite(state, config,
+                                                       bottleneck)
         writer.write_scalars(step, scalars)
         logging.info('step %d/%d  loss %.5f  %.2f steps/s  ETA %s', step,
                      total, float(last_measurements['loss']), rate,
@@ -600,7 +628,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
       if (step % config.checkpoint_every_steps == 0 or is_last
           or preempt.signum is not None):
-        _check_finite(state, config)
+        _check_finite(state, config, bottleneck)
         if ckpt.save(step, state):
           logging.info('Saving checkpoint at step %d to %s.', step,
                        ckpt.directory)
@@ -625,20 +653,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return final
 
 
-def collections_stats(state: State) -> Dict[str, float]:
-  """Scalar health figures of the non-trainable collections (at eval)."""
+def collections_stats(state: State, bottleneck: bottlenecks.Bottleneck
+                      ) -> Dict[str, float]:
+  """Scalar health figures of the non-trainable collections (at eval): the
+  warm-up flag and the bottleneck's own (`Bottleneck.health`)."""
   out = {}
   collections = collections_of(state)
   if warmup.COLLECTION in collections:
     out['warmup/active'] = int(collections[warmup.COLLECTION]['active'])
-  pca_state = collections.get('pca')
-  if pca_state is not None:
-    for path, leaf in jax.tree_util.tree_flatten_with_path(pca_state)[0]:
-      if path[-1].key == 'basis':
-        out['pca/orthonormality_error'] = float(
-            pca_lib.orthonormality_error(leaf))
-      elif path[-1].key == 'forced_orthonormalizations':
-        out['pca/forced_orthonormalizations'] = int(leaf)
+  out.update(bottleneck.health(collections))
   return out
 
 

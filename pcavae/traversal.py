@@ -1,9 +1,10 @@
 """Latent traversals: decode images with one latent direction moved.
 
-* `pca_traversal`: PCA-VAE. Coefficient j of every image is moved by
-  `t * sigma_j` (sigma from the running coefficient variance, `pca`
-  collection `coef_var`) through the bottleneck's eval-only
-  `coefficient_shift`, then reconstructed (`y C^T + mu`, after coefficient
+* `pca_traversal`: a bottleneck with coefficients (PCA-VAE). Coefficient j
+  of every image is moved by `t * sigma_j` (the bottleneck's
+  `coefficient_scales`: for the PCA, from the running coefficient variance)
+  through the bottleneck's eval-only `coefficient_shift`, then
+  reconstructed (`y C^T + mu`, after coefficient
   quantization if the config has it) and decoded. In `global` mode that is
   one number per image; in `spatial` / `shared` mode component j moves at
   every location at once (each location by its own sigma).
@@ -57,13 +58,6 @@ def _encode(m, x):
   return m.encode(x)
 
 
-def coefficient_sigmas(variables: Variables) -> np.ndarray:
-  """Running standard deviation of each PCA coefficient: `(L, Q)` in
-  `spatial` mode, `(Q,)` otherwise."""
-  var = variables['pca']['bottleneck']['coef_var']
-  return np.sqrt(np.maximum(np.asarray(var, np.float64), 0.0))
-
-
 def _info(strips: np.ndarray, values: Sequence[float], sigmas) -> Dict:
   zero = list(values).index(0) if 0 in values else None
   change = ([float(np.mean(np.abs(strips[i] - strips[i, zero][None])))
@@ -79,8 +73,8 @@ def pca_traversal(model, variables: Variables, images: np.ndarray,
   """Decodes `images` with PCA coefficient j moved by `t * sigma_j`.
 
   Args:
-    model: a `pcavae.models.autoencoder.Autoencoder` with the `pca`
-      bottleneck.
+    model: a `pcavae.models.autoencoder.Autoencoder` whose bottleneck has
+      coefficients (`Bottleneck.coefficient_scales`; the `pca` one).
     variables: its variables (`params`, `pca`, ...), e.g. from
       `train.restore_model`.
     images: `(N, R, R, 3)` in [-1, 1].
@@ -91,22 +85,22 @@ def pca_traversal(model, variables: Variables, images: np.ndarray,
     `(strips (C, V, N, R, R, 3), info)` (module docstring); info's `sigma`
     is each component's sigma averaged over locations.
   """
-  if model.bottleneck_kind != 'pca':
-    raise ValueError(f'pca_traversal needs a pca bottleneck, not '
-                     f'{model.bottleneck_kind!r}; use latent_traversal.')
   images = jnp.asarray(images, jnp.float32)
-  sigma = coefficient_sigmas(variables)
-  q = sigma.shape[-1]
-  if max(components) >= q:
-    raise ValueError(f'components {list(components)} exceed Q = {q}.')
   z = jax.eval_shape(lambda x: model.apply(variables, x, method=_encode),
                      images)
-  n, hh, ww, _ = z.shape
-  global_mode = sigma.ndim == 1 and model.bottleneck_kwargs.get(
-      'mode', 'spatial') == 'global'
-  per_image = (q,) if global_mode else (hh, ww, q)
-  sigma_img = np.broadcast_to(sigma.reshape(
-      (hh, ww, q) if sigma.ndim == 2 else sigma.shape), per_image)
+  _, hh, ww, _ = z.shape
+  try:
+    sigma_img = np.asarray(model.apply(
+        variables, method=lambda m: m.bottleneck.coefficient_scales(
+            (hh, ww))), np.float64)
+  except NotImplementedError as e:
+    raise ValueError(f'pca_traversal needs a bottleneck with coefficients '
+                     f'(pca), not {model.bottleneck_kind!r}; use '
+                     'latent_traversal.') from e
+  q = sigma_img.shape[-1]
+  if max(components) >= q:
+    raise ValueError(f'components {list(components)} exceed Q = {q}.')
+  per_image = sigma_img.shape
   fn = jax.jit(lambda v, x, s: model.apply(v, x, s, method=_decode_shifted))
   strips = np.zeros((len(components), len(values)) + images.shape,
                     np.float32)

@@ -129,7 +129,7 @@ def spectrum_plot(history: Sequence[tuple], threshold: float = 0.99,
 
 
 def fidelity_plot(history: dict, title: str = '') -> np.ndarray:
-  """PCA fidelity over training (`pcavae.evaluators.load_fidelity`).
+  """PCA fidelity over training (`pca_layer.fidelity_history`).
 
   Left: captured variance (mean and min over problems) and the alignment of
   the identifiable components with the exact eigenvectors, on [0, 1] with

@@ -118,38 +118,20 @@ REASON_NAMES = {REASON_FIXED: 'fixed warmup_steps',
                 REASON_CAP: 'cap warmup_steps reached'}
 
 
-def enabled(config: ml_collections.ConfigDict) -> bool:
-  return configlib.warmup_steps(config) > 0
+def quantizer_on(variables: Mapping[str, Any]) -> bool:
+  """Whether a model's variables decode a quantized latent: it has no AE
+  warm-up, or its warm-up has switched the quantizer on."""
+  return COLLECTION not in variables or bool(
+      int(np.asarray(variables[COLLECTION]['active'])))
 
 
-def adaptive(config: ml_collections.ConfigDict) -> bool:
-  """Whether the switch step is decided by the criterion (module doc)."""
-  return enabled(config) and bool(
-      config.model.bottleneck.get('warmup_auto', False))
-
-
-def auto_every(config: ml_collections.ConfigDict) -> int:
-  return int(config.model.bottleneck.get('warmup_auto_every',
-                                         configlib.DEFAULT_AUTO_EVERY))
-
-
-def auto_patience(config: ml_collections.ConfigDict) -> int:
-  return int(config.model.bottleneck.get('warmup_auto_patience',
-                                         configlib.DEFAULT_AUTO_PATIENCE))
-
-
-def auto_tolerance(config: ml_collections.ConfigDict) -> float:
-  return float(config.model.bottleneck.get('warmup_auto_tolerance',
-                                           configlib.DEFAULT_AUTO_TOLERANCE))
-
-
-def rate_bits(config: ml_collections.ConfigDict) -> float:
-  """R = log2 K bits per token of the configured quantizer."""
-  k = configlib.make_bottleneck(config).num_codes
+def rate_bits(bottleneck) -> float:
+  """R = log2 K bits per token of a quantizer (`Bottleneck.num_codes`)."""
+  k = bottleneck.num_codes
   if not k:
     raise ValueError(
         'config.model.bottleneck.warmup_auto needs a quantizer with a '
-        f'number of codes, not {config.model.bottleneck.kind!r}.')
+        f'number of codes, not {type(bottleneck).__name__}.')
   return float(np.log2(k))
 
 
@@ -237,24 +219,14 @@ def auto_criterion_met(history: Mapping[str, Any], tolerance: float) -> bool:
               and auto_spread(history) <= tolerance)
 
 
-def init_auto_state(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+def init_auto_state(settings: configlib.WarmupSettings, latent_dim: int
+                    ) -> Dict[str, Any]:
   """`{AUTO_STATE_KEY: history}` for the initial train state (jnp arrays),
   empty when the switch is not adaptive."""
-  if not adaptive(config):
+  if not settings.adaptive:
     return {}
   return {AUTO_STATE_KEY: jax.tree.map(
-      jnp.asarray, auto_history_init(auto_patience(config),
-                                     config.model.latent_dim))}
-
-
-def kmeans_batches(config: ml_collections.ConfigDict) -> int:
-  return int(config.model.bottleneck.get('warmup_kmeans_batches',
-                                         configlib.DEFAULT_KMEANS_BATCHES))
-
-
-def kmeans_iters(config: ml_collections.ConfigDict) -> int:
-  return int(config.model.bottleneck.get('warmup_kmeans_iters',
-                                         configlib.DEFAULT_KMEANS_ITERS))
+      jnp.asarray, auto_history_init(settings.auto_patience, latent_dim))}
 
 
 def _replace(tree: Dict[str, Any], path: Sequence[str], value: Any
@@ -268,7 +240,7 @@ def _replace(tree: Dict[str, Any], path: Sequence[str], value: Any
   return out
 
 
-def make_switch_fn(config: ml_collections.ConfigDict
+def make_switch_fn(config: ml_collections.ConfigDict, bottleneck=None
                    ) -> Callable[[Variables, Sequence[Array], Array],
                                  Tuple[Variables, Dict[str, Array]]]:
   """`(variables, latent batches, key) -> (variables, stats)`: the switch,
@@ -278,9 +250,12 @@ def make_switch_fn(config: ml_collections.ConfigDict
   the bottleneck's under `MODULE`, the flag under `COLLECTION`); `latent
   batches` are NHWC encoder outputs. The returned variables have the
   quantizer initialised from them by its `warmup_init` and the flag set.
+  `bottleneck` is the config's (`configlib.make_bottleneck`), built here if
+  not given.
   """
-  bottleneck = configlib.make_bottleneck(config)
-  iters = kmeans_iters(config)
+  if bottleneck is None:
+    bottleneck = configlib.make_bottleneck(config)
+  iters = int(configlib.warmup_settings(config).kmeans_iters)
 
   def switch(variables: Variables, latents: Sequence[Array], key: Array
              ) -> Tuple[Variables, Dict[str, Array]]:
@@ -311,18 +286,19 @@ class Switch:
   """
 
   def __init__(self, model, config: ml_collections.ConfigDict, mesh,
-               state_sharding: Any):
+               state_sharding: Any, bottleneck,
+               settings: configlib.WarmupSettings):
     self.config = config
     self.mesh = mesh
-    self.step = configlib.warmup_steps(config)   # fixed step, or the cap
-    self.num_batches = kmeans_batches(config)
-    self.auto = adaptive(config)
+    self.step = int(settings.steps)   # fixed step, or the cap
+    self.num_batches = int(settings.kmeans_batches)
+    self.auto = settings.adaptive
 
     def encode(state: State, images: Array) -> Array:
       return model.apply(train_state.variables_of(state), images,
                          method=lambda m, x: m.encode(x))
 
-    switch_variables = make_switch_fn(config)
+    switch_variables = make_switch_fn(config, bottleneck)
 
     def switch(state: State, latents: Sequence[Array], key: Array):
       variables, stats = switch_variables(train_state.variables_of(state),
@@ -335,9 +311,9 @@ class Switch:
                            out_shardings=(state_sharding, self._replicated),
                            donate_argnums=(0,))
     if self.auto:
-      self.every = auto_every(config)
-      self.tolerance = auto_tolerance(config)
-      self.rate_bits = rate_bits(config)
+      self.every = int(settings.auto_every)
+      self.tolerance = float(settings.auto_tolerance)
+      self.rate_bits = rate_bits(bottleneck)
       self._probe = None  # the fixed probe batches, loaded at the first check
 
   def due(self, step: int) -> bool:

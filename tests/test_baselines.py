@@ -660,7 +660,7 @@ def test_gan_flag_and_loss_kind_override_give_the_same_config(arg):
 @pytest.mark.parametrize('key,value', [
     ('model.bottleneck.levels', (8, 1)),
     ('model.bottleneck.codebook_size', 0),
-    ('model.bottleneck.code_dim', 17),
+    ('model.bottleneck.code_dim', 65),
     ('model.bottleneck.decay', 1.0),
     ('loss.kind', 'wgan'),
     ('loss.kl_normalization', 'sum'),

@@ -1,10 +1,14 @@
 """The PCA bottleneck module: state, update order, gradients, shapes."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ROOT
+from pcavae import configlib
 from pcavae.models import autoencoder
 from pcavae.models import bottlenecks
 from pcavae.models import pca
@@ -54,11 +58,16 @@ def test_global_mode_with_mapper_has_params_outside_pca():
                                       'unmap_out'}
 
 
+# The OPCA-VAE rule (`configs/pcavae.py:reference`), not the defaults.
+REFERENCE = dict(tracker='reference', learning_rate=None, max_update_norm=0.1,
+                 orthonormalize_every=None, orthonormalization='symmetric')
+
+
 def test_train_update_follows_design_order():
   """Mean fade, Sanger step on centred stop-grad samples, clip, projection
   with the updated basis: checked against the pure functions by hand."""
   layer = bottlenecks.PCABottleneck(num_components=3, mode='spatial',
-                                    max_update_norm=0.05)
+                                    **dict(REFERENCE, max_update_norm=0.05))
   h0, h1 = _h(seed=2), _h(seed=3)
   v = layer.init(jax.random.PRNGKey(0), h0, train=False)
   (_, _), v1 = layer.apply(v, h0, train=True, lr=0.5, mutable=['pca'])
@@ -79,7 +88,7 @@ def test_train_update_follows_design_order():
 
 def test_orthonormalize_every_q_updates():
   layer = bottlenecks.PCABottleneck(num_components=2, mode='shared',
-                                    max_update_norm=None)
+                                    **dict(REFERENCE, max_update_norm=None))
   h = _h()
   v = layer.init(jax.random.PRNGKey(0), h, train=False)
   errors = []
@@ -186,3 +195,23 @@ def test_latent_from_symbols_is_the_eval_output(kind, kwargs):
                   method=type(layer).latent_from_symbols)
   np.testing.assert_allclose(np.asarray(z).reshape(out.shape), out,
                              atol=1e-6)
+
+
+def test_class_defaults_are_the_config_defaults():
+  """One source: a config's PCA keys are the layer's own defaults."""
+  c = configlib.load(os.path.join(ROOT, 'configs', 'pcavae.py') + ':runlocal')
+  layer = configlib.make_bottleneck(c)
+  for key in ('tracker', 'learning_rate', 'max_update_norm',
+              'orthonormalize_every', 'orthonormalization', 'variance_alpha',
+              'coefficient_bits'):
+    assert c.model.bottleneck[key] == getattr(
+        bottlenecks.PCABottleneck(num_components=1), key), key
+    assert getattr(layer, key) == c.model.bottleneck[key]
+  assert c.model.bottleneck.tracker == 'sanger'
+  assert c.model.bottleneck.orthonormalization == 'qr'
+  # A None default stays settable from the command line (typed).
+  c.model.bottleneck.global_dim = 8
+  ref = configlib.load(os.path.join(ROOT, 'configs', 'pcavae.py')
+                       + ':runlocal,reference')
+  assert {k: ref.model.bottleneck[k] for k in REFERENCE} == dict(
+      REFERENCE, max_update_norm=0.1)

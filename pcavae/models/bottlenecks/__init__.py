@@ -7,6 +7,7 @@ One module per family, each class registering itself under its
   pca_layer   `pca`: the online PCA layer (PCA-VAE)
   vq          `vq`, `ema_vq`, `simvq`, `vqgan_fc`: vector quantizers
   scalar      `fsq`, `lfq`: scalar quantizers
+  bsq         `bsq`: binary spherical quantization
   kl          `kl`: the diagonal-Gaussian posterior (AutoencoderKL)
   identity    `identity`: the plain autoencoder
 
@@ -15,11 +16,17 @@ A bottleneck defined elsewhere (a notebook, a test) joins by subclassing
 """
 
 # pylint: disable=g-importing-member,unused-import
+from pcavae.models.bottlenecks.base import BITS
 from pcavae.models.bottlenecks.base import Bottleneck
+from pcavae.models.bottlenecks.base import CATEGORICAL
+from pcavae.models.bottlenecks.base import Coding
+from pcavae.models.bottlenecks.base import CodingStream
+from pcavae.models.bottlenecks.base import FIXED
 from pcavae.models.bottlenecks.base import get
 from pcavae.models.bottlenecks.base import names
 from pcavae.models.bottlenecks.base import register
 from pcavae.models.bottlenecks.base import warmup_kinds
+from pcavae.models.bottlenecks.bsq import BSQBottleneck
 from pcavae.models.bottlenecks.identity import IdentityBottleneck
 from pcavae.models.bottlenecks.kl import KLBottleneck
 from pcavae.models.bottlenecks.pca_layer import PCA_MODES

@@ -23,15 +23,32 @@ new bottleneck is one module, one `register` and one config:
   warmup_init(...)         its initialisation from encoder latents at the
                            warm-up switch, run through `apply(method=...)`
   symbol_key               the `aux` entry holding what the codec codes
+  coding(aux)              how those symbols are coded: its streams, each
+                           a selection of an image's symbols with a
+                           probability model (`CodingStream`), and what the
+                           decoder needs beyond them (`Coding`)
+  eval_only_keys           its config keys that change only its eval
+  rate_settings, coding_rate(...), rate_overrides(...)
+                           the codec's rate settings (`--bits`, `--budget`)
   latent_from_symbols(...) the decoder's half (`pcavae.codec`)
+  diagnostic_keys, diagnostic_rows(...), diagnostics(...)
+                           its own eval diagnostics (`pcavae.evaluators`)
+  health(collections)      scalar health of its state, at every eval
+  location_sharded()       whether its state splits by latent location
+                           (`pcavae.sharding`; it then takes the
+                           `sample_sharding` of its samples)
+  coefficient_scales(...)  the unit of a coefficient traversal
 """
 
+import dataclasses
+
 import math
-from typing import Callable, ClassVar, Dict, Optional, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pcavae import analysis
 from pcavae.metrics import codebook as codebook_metrics
@@ -44,6 +61,73 @@ LatentShape = Tuple[int, int, int]   # (h, w, D) of the encoder output
 KEY = 'config.model.bottleneck.'
 
 _REGISTRY: Dict[str, Type['Bottleneck']] = {}
+
+# Probability models of a coding stream.
+# One categorical over the stream's `alphabet` symbols, fitted to the code
+# counts of the training split (`pcavae.codec`).
+CATEGORICAL = 'categorical'
+# 0/1 symbols, factorised per bit: one Bernoulli per position of the last
+# axis of an image's symbols, each fitted to the training split's counts.
+BITS = 'bits'
+# A fixed table (`CodingStream.probabilities`), e.g. a quantized Gaussian.
+FIXED = 'fixed'
+MODELS = (CATEGORICAL, BITS, FIXED)
+
+
+@dataclasses.dataclass(frozen=True)
+class CodingStream:
+  """One stream of an image's symbols and its probability model.
+
+  Attributes:
+    select: bool, the shape of one image's symbols: the symbols this stream
+      codes (in C order).
+    model: `CATEGORICAL`, `BITS` or `FIXED`.
+    alphabet: the symbols lie in `[0, alphabet)`.
+    probabilities: `FIXED` only: the `(alphabet,)` table.
+    groups: int, the shape of one image's symbols: at eval, the selected
+      symbols of one group share an empirical-entropy histogram (None: one
+      group; `BITS` streams group by bit position whatever this says).
+  """
+  select: np.ndarray
+  model: str
+  alphabet: int
+  probabilities: Optional[np.ndarray] = None
+  groups: Optional[np.ndarray] = None
+
+  def group_ids(self) -> np.ndarray:
+    """The eval histogram of each symbol of an image (int64, its shape)."""
+    if self.model == BITS:
+      return np.broadcast_to(np.arange(self.select.shape[-1]),
+                             self.select.shape).astype(np.int64)
+    if self.groups is None:
+      return np.zeros(self.select.shape, np.int64)
+    return np.broadcast_to(np.asarray(self.groups, np.int64),
+                           self.select.shape)
+
+  def fitted_shape(self) -> Tuple[int, ...]:
+    """Shape of the training counts its model is fitted to (`()` for a
+    fixed table): `(alphabet,)`, or `(bits, 2)` for `BITS`."""
+    if self.model == CATEGORICAL:
+      return (int(self.alphabet),)
+    if self.model == BITS:
+      return (int(self.select.shape[-1]), 2)
+    return ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Coding:
+  """How one image's symbols (`aux[symbol_key]` of one image) are coded.
+
+  Attributes:
+    symbol_shape: the shape of one image's symbols.
+    streams: the streams, in file order; together they select every symbol
+      that is sent (unselected ones, e.g. 0-bit coefficients, are constant).
+    side: what `latent_from_symbols` needs besides the symbols and the
+      variables, fixed by the model and rate (None: nothing).
+  """
+  symbol_shape: Tuple[int, ...]
+  streams: Tuple[CodingStream, ...]
+  side: Optional[np.ndarray] = None
 
 
 def register(name: str) -> Callable[[Type['Bottleneck']], Type['Bottleneck']]:
@@ -85,6 +169,14 @@ class Bottleneck(nn.Module):
   # diffusion's KL) rather than in the units of a per-element mean: the
   # trainer then scales it (`train.bottleneck_loss_scale`).
   per_image_loss: ClassVar[bool] = False
+  # The codec's rate settings it takes (`coding_rate`), by flag name.
+  rate_settings: ClassVar[Tuple[str, ...]] = ()
+  # Its config keys that change only its eval (a resumed run may change
+  # them: `configlib.differences`).
+  eval_only_keys: ClassVar[Tuple[str, ...]] = ()
+  # `aux` entries of the eval output that `diagnostics` reads over the
+  # spectra's reference set.
+  diagnostic_keys: ClassVar[Tuple[str, ...]] = ()
 
   def __call__(self, h: Array, train: bool, lr: Optional[Array] = None
                ) -> Tuple[Array, Aux]:
@@ -144,11 +236,101 @@ class Bottleneck(nn.Module):
     return {}
 
   def latent_from_symbols(self, symbols: Array,
-                          symbol_bits: Optional[Array] = None) -> Array:
+                          side: Optional[Array] = None) -> Array:
     """The eval output from the symbols `aux[symbol_key]` (the codec's
-    decoder): `(B, H, W, D)` (`(B, N)` for a latent that is one vector)."""
+    decoder) and `Coding.side`: `(B, H, W, D)` (`(B, N)` for a latent that
+    is one vector)."""
     raise NotImplementedError(
         f'{type(self).__name__} has no finite code to decode.')
+
+  # -- coding (`pcavae.codec`, the `codes` eval unit) ------------------------
+
+  def coding(self, aux: Dict[str, Any]) -> Coding:
+    """How the symbols are coded, from one eval output's `aux` (host
+    arrays, batch first). This default: one categorical over `num_codes`
+    for every symbol of an image."""
+    shape = tuple(np.shape(aux[self.symbol_key]))[1:]
+    if self.num_codes is None:
+      raise NotImplementedError(
+          f'{type(self).__name__}: override `coding` (no `num_codes`).')
+    return Coding(shape, (CodingStream(np.ones(shape, bool), CATEGORICAL,
+                                       int(self.num_codes)),))
+
+  def coding_rate(self, latent_shape: LatentShape, **given: Optional[int]
+                  ) -> Optional[Tuple[str, int]]:
+    """`(setting, value)` of `rate_settings` the codec codes at, from the
+    settings `given` (flag name -> value or None) or the run's own; None for
+    a code of fixed rate. Raises ValueError naming the flag."""
+    del latent_shape
+    bad = sorted(k for k, v in given.items() if v is not None)
+    if bad:
+      raise ValueError(
+          f'--{"/--".join(bad)}: {type(self).__name__} codes fixed-rate '
+          'symbols and takes no rate setting (--budget/--bits are for PCA '
+          'models).')
+    return None
+
+  def rate_overrides(self, setting: str, value: int) -> Dict[str, Any]:
+    """`config.model.bottleneck` keys that make eval code at a rate."""
+    raise ValueError(f'{type(self).__name__} takes no rate setting '
+                     f'({setting}={value}).')
+
+  # -- eval diagnostics (`pcavae.evaluators`) --------------------------------
+
+  def diagnostic_rows(self, key: str, x: np.ndarray, mask: np.ndarray
+                      ) -> np.ndarray:
+    """The part of `aux[key]` (one eval batch, host) that belongs to the
+    images where `mask` is set; this default: batch first."""
+    del key
+    return x[mask]
+
+  def diagnostics(self, collections: Dict[str, Any],
+                  inputs: Dict[str, List[np.ndarray]]
+                  ) -> Tuple[Dict[str, np.ndarray], Dict[str, float],
+                             Dict[str, float]]:
+    """`(spectra, logged, saved)` of its state (`collections`: the model's
+    non-params collections, host arrays) and of `inputs`
+    (`diagnostic_keys` -> the reference set's rows, one array per batch).
+    Spectra are saved and plotted with the others
+    (`viz.SPECTRUM_TITLES`); `logged` scalars are logged as named; `saved`
+    scalars go into the spectra file, to be read back for
+    `diagnostic_figures`. This default: none."""
+    del collections, inputs
+    return {}, {}, {}
+
+  def diagnostic_figures(self, saved: Dict[str, np.ndarray],
+                         num_images: int) -> Dict[str, np.ndarray]:
+    """Figures (uint8 images) from its `saved` diagnostics over the evals
+    so far (`{'step': (k,), name: (k,)}`, NaN where an eval lacks one)."""
+    del saved, num_images
+    return {}
+
+  def health(self, collections: Dict[str, Any]) -> Dict[str, float]:
+    """Scalar health figures of its state, logged at every eval."""
+    del collections
+    return {}
+
+  # The hint a non-finite training step names, besides the optimizer's rate.
+  nonfinite_hint: ClassVar[Optional[str]] = None
+  # The collection of its own state, whose leaves a non-finite check names.
+  state_collection: ClassVar[Optional[str]] = None
+
+  # -- traversal (`pcavae.traversal`) ---------------------------------------
+
+  def coefficient_scales(self, latent_hw: Tuple[int, int]) -> Array:
+    """For a bottleneck with coefficients (which then takes an eval-only
+    `coefficient_shift` in `__call__`, added to them): the scale of each
+    coefficient of one image, the unit of a traversal. Run through
+    `apply(method=...)` (it reads the bottleneck's state)."""
+    raise NotImplementedError(f'{type(self).__name__} has no coefficients.')
+
+  # -- sharding (`pcavae.sharding`) ------------------------------------------
+
+  def location_sharded(self) -> bool:
+    """Whether every non-scalar leaf of `state_collection` (and the
+    samples it sees) has the latent location first, so that it can split
+    over devices by location."""
+    return False
 
 
 # ---------------------------------------------------------------------------
@@ -167,6 +349,15 @@ def dense(params: Dict[str, Array], x: Array, precision=None) -> Array:
   features = params['kernel'].shape[-1]
   return nn.Dense(features, dtype=jnp.float32, precision=precision,
                   parent=None).apply({'params': params}, x)
+
+
+def project_out(module: 'Bottleneck', q: Array) -> Array:
+  """A restored quantizer's output projection `proj_out` applied to its
+  quantized codes `q`, where it has one (the decoder's half of the
+  projecting scalar quantizers)."""
+  if module.has_variable('params', 'proj_out'):
+    return dense(module.get_variable('params', 'proj_out'), q)
+  return q
 
 
 def kmeans_codebook(x: Array, k: int, key: Array, iters: int

@@ -1,18 +1,25 @@
 """The online PCA layer (PCA-VAE, arXiv 2602.18904; docs/design.md §3)."""
 
 import functools
-from typing import Optional, Tuple
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+import threadpoolctl
 
+from pcavae import analysis
 from pcavae import checks
 from pcavae.models import coding
 from pcavae.models import pca
 from pcavae.models.bottlenecks.base import Array
 from pcavae.models.bottlenecks.base import Aux
 from pcavae.models.bottlenecks.base import Bottleneck
+from pcavae.models.bottlenecks.base import Coding
+from pcavae.models.bottlenecks.base import CodingStream
+from pcavae.models.bottlenecks.base import FIXED
 from pcavae.models.bottlenecks.base import KEY
 from pcavae.models.bottlenecks.base import LatentShape
 from pcavae.models.bottlenecks.base import register
@@ -24,6 +31,24 @@ PCA_ORTHONORMALIZATIONS = ('symmetric', 'qr')
 # The `subspace` tracker's covariance state (problems x dim x dim float32)
 # above this many bytes is refused: it is checkpointed and updated per step.
 MAX_SUBSPACE_STATE_BYTES = 2 ** 31
+# Saved with the spectra (`diagnostics`): the fidelity values' names.
+FIDELITY_PREFIX = 'pca_fidelity_'
+
+
+def fidelity_history(saved: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """The fidelity values over the evals, `{'step': (k,), name: (k,)}`, out
+  of the diagnostics saved with the spectra (`evaluators.load_saved`): the
+  evals that measured them (empty without any)."""
+  names = [k for k in saved if k.startswith(FIDELITY_PREFIX)]
+  if not names:
+    return {}
+  rows = np.any([np.isfinite(saved[k]) for k in names], axis=0)
+  if not rows.any():
+    return {}
+  out = {'step': np.asarray(saved['step'])[rows]}
+  for k in names:
+    out[k[len(FIDELITY_PREFIX):]] = np.asarray(saved[k], np.float64)[rows]
+  return out
 
 
 class GlobalMapper(nn.Module):
@@ -98,23 +123,29 @@ class PCABottleneck(Bottleneck):
       one product, QR, the Q x Q eigendecomposition) against Sanger's
       `L (n D Q + D Q^2)`: at `spatial16` (L = 256, D = 256, Q = 51, n = 16
       images a step) about 270 M (covariance) + 860 M (product) + 170 M
-      (QR) multiply-adds a step, and 64 MiB of state. The class defaults
-      are the reference rule (the layer as checked against OPCA-VAE);
-      `configs/pcavae.py` chooses `sanger` at rate 0.1.
-    learning_rate: Hebbian step size; None ties it to the optimizer's current
+      (QR) multiply-adds a step, and 64 MiB of state. Default `sanger` at
+      rate 0.1, re-orthonormalised by `qr` after every step (the configs'
+      defaults too: `configlib.bottleneck_defaults` reads them from here);
+      the reference rule is `tracker='reference', learning_rate=None,
+      max_update_norm=0.1, orthonormalize_every=None,
+      orthonormalization='symmetric'` (`configs/pcavae.py:reference`).
+    learning_rate: Hebbian step size (0.1; the `sanger` tracker is stable
+      for rates in (0, 1]); None ties it to the optimizer's current
       learning rate passed as `lr` (the reference's choice).
     max_update_norm: Frobenius clip of each problem's step (reference: 0.1 in
-      `spatial` mode, none in `global`). None disables it.
+      `spatial` mode, none in `global`). None (default) disables it.
     covariance_alpha: fade factor of the `subspace` tracker's covariance.
     subspace_iterations: orthogonal iterations per step (`subspace`).
-    orthonormalize_every: re-orthonormalise every this many updates (default
-      Q, as in the reference).
+    orthonormalize_every: re-orthonormalise every this many updates (1: a
+      rate-0.1 step leaves the basis O(0.1) from orthonormal, and C C^T is
+      a projector only for an orthonormal C); None: every Q, as in the
+      reference.
     orthonormalization: how (`PCA_ORTHONORMALIZATIONS`): `symmetric` (the
       reference's `C (C^T C)^(-1/2)`, `pca.orthonormalize`, the closest
       orthonormal basis) or `qr` (Gram-Schmidt order by Cholesky-QR,
       `pca.orthonormalize_qr`: the order of Sanger's deflation, and about a
-      sixth of the cost after a `sanger` step at Q = D, docs/speed.md).
-      `configs/pcavae.py` takes `qr` for its `sanger` default.
+      sixth of the cost after a `sanger` step at Q = D, docs/speed.md; the
+      default).
     global_dim: in `global` mode, map the flattened latent to this many
       dimensions with a small MLP before the PCA and back after it (the
       reference's `embedding_dim` with `keep_shape=False`); None runs the PCA
@@ -135,7 +166,7 @@ class PCABottleneck(Bottleneck):
       (`coding.allocate_bits`) for this many bits per image; None: off.
       Exclusive with `coefficient_bits` != 32.
     sample_sharding: in `spatial` mode, a sharding of the `(L, B, D)` samples
-      split along the location axis (`pcavae.sharding.pca_location_sharding`,
+      split along the location axis (`pcavae.sharding.location_sharding`,
       matching the PCA state's): each device then updates and projects only
       its own locations. None: XLA decides (under a mesh the samples follow
       the batch, and every device repeats the whole PCA on a replicated basis).
@@ -153,11 +184,11 @@ class PCABottleneck(Bottleneck):
   num_components: int
   mode: str = 'spatial'
   alpha: float = 0.9
-  tracker: str = 'reference'
-  learning_rate: Optional[float] = None
-  max_update_norm: Optional[float] = 0.1
-  orthonormalize_every: Optional[int] = None
-  orthonormalization: str = 'symmetric'
+  tracker: str = 'sanger'
+  learning_rate: Optional[float] = 0.1
+  max_update_norm: Optional[float] = None
+  orthonormalize_every: Optional[int] = 1
+  orthonormalization: str = 'qr'
   global_dim: Optional[int] = None
   variance_alpha: float = 0.99
   orthonormality_tolerance: Optional[float] = 1e-2
@@ -169,6 +200,14 @@ class PCABottleneck(Bottleneck):
   subspace_iterations: int = 1
 
   symbol_key = 'symbols'
+  rate_settings = ('bits', 'budget')
+  # Training never quantizes the coefficients.
+  eval_only_keys = ('coefficient_bits', 'coefficient_bit_budget')
+  diagnostic_keys = ('pca_input',)
+  state_collection = 'pca'
+  nonfinite_hint = ("config.model.bottleneck.learning_rate (the PCA's Hebbian "
+                    'rate; unset, it follows config.optimizer.learning_rate) '
+                    'or clip it with config.model.bottleneck.max_update_norm')
 
   def setup(self):
     if self.mode == 'global' and self.global_dim is not None:
@@ -284,6 +323,151 @@ class PCABottleneck(Bottleneck):
                                           self.coefficient_bit_budget)
     return (self.coefficient_bit_budget is not None
             or self.coefficient_bits != coding.FLOAT_BITS)
+
+  def location_sharded(self) -> bool:
+    return self.mode == 'spatial'
+
+  # -- coding ----------------------------------------------------------------
+
+  def coding(self, aux: Dict[str, Any]) -> Coding:
+    """A stream per bit depth b > 0 of the coefficients, each under the
+    fixed quantized-Gaussian table of b bits
+    (`coding.gaussian_symbol_probabilities`: the quantizer's step follows
+    each coefficient's sigma); at eval each component is its own histogram.
+    The decoder needs the bits of each coefficient (`side`)."""
+    symbol_bits = np.asarray(aux['symbol_bits'], np.int32)
+    component = np.broadcast_to(np.arange(symbol_bits.shape[-1]),
+                                symbol_bits.shape)
+    streams = tuple(
+        CodingStream(symbol_bits == b, FIXED, 2 ** int(b),
+                     coding.gaussian_symbol_probabilities(int(b)),
+                     groups=component)
+        for b in sorted(set(np.unique(symbol_bits).tolist()) - {0}))
+    return Coding(symbol_bits.shape, streams, side=symbol_bits)
+
+  def coding_rate(self, latent_shape: LatentShape, bits: Optional[int] = None,
+                  budget: Optional[int] = None) -> Tuple[str, int]:
+    """`('bits', b)` per coefficient or `('budget', B)` per image (tile):
+    the one given, else the run's own quantization."""
+    if budget is not None and bits is not None:
+      raise ValueError('--budget and --bits are exclusive.')
+    if budget is None and bits is None:
+      quant = self.coefficient_quantization
+      if quant is None:
+        raise ValueError(
+            'the run keeps 32-bit float coefficients: give --budget=B (bits '
+            'per tile) or --bits=b (bits per coefficient).')
+      return ('budget', quant[1]) if quant[0] == 'budget' else ('bits',
+                                                                quant[1])
+    if bits is not None:
+      if not 1 <= int(bits) <= coding.MAX_COEFFICIENT_BITS:
+        raise ValueError(f'--bits={bits} must lie in '
+                         f'1..{coding.MAX_COEFFICIENT_BITS}.')
+      return 'bits', int(bits)
+    per_tile = self.num_tokens(latent_shape) * int(self.num_components)
+    most = per_tile * coding.MAX_COEFFICIENT_BITS
+    if not 1 <= int(budget) <= most:
+      raise ValueError(f'--budget={budget} (bits per tile) must lie in 1..'
+                       f'{most} ({per_tile} coefficients per tile).')
+    return 'budget', int(budget)
+
+  def rate_overrides(self, setting: str, value: int) -> Dict[str, Any]:
+    return {'coefficient_bits': (value if setting == 'bits'
+                                 else coding.FLOAT_BITS),
+            'coefficient_bit_budget': value if setting == 'budget' else None}
+
+  # -- eval diagnostics ------------------------------------------------------
+
+  def diagnostic_rows(self, key: str, x: np.ndarray, mask: np.ndarray
+                      ) -> np.ndarray:
+    """The rows of `pca_input` (`(L, B, D)`, `(B L, D)` or `(B, N)`) of the
+    images where `mask` is set."""
+    del key
+    if x.ndim == 3:                                   # spatial: (L, B, D)
+      return x[:, mask]
+    per_image = x.shape[0] // mask.shape[0]           # shared: L rows each
+    return x[np.repeat(mask, per_image)]
+
+  def diagnostics(self, collections: Dict[str, Any],
+                  inputs: Dict[str, List[np.ndarray]]
+                  ) -> Tuple[Dict[str, np.ndarray], Dict[str, float],
+                             Dict[str, float]]:
+    """The `pca_coef` spectrum (square roots of the running coefficient
+    variances, averaged over locations), the basis' orthonormality error,
+    and whether the layer is a PCA of what it sees: `analysis.pca_fidelity`
+    of the reference set's samples (one problem per location in `spatial`
+    mode), logged as `pca/<name>` and timed as
+    `eval/seconds_pca_fidelity`."""
+    state = collections.get(self.state_collection)
+    spectra, logged, saved = {}, {}, {}
+    if state is None:
+      return spectra, logged, saved
+    leaves = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+      key = path[-1].key
+      if key == 'coef_var':
+        leaves[key] = np.asarray(leaf, np.float64)
+        var = leaves[key].reshape(-1, leaves[key].shape[-1]).mean(0)
+        spectra['pca_coef'] = np.sort(np.sqrt(np.maximum(var, 0)))[::-1]
+      elif key == 'basis':
+        leaves[key] = np.asarray(leaf, np.float64)
+        saved['pca_orthonormality_error'] = float(
+            pca.orthonormality_error(leaves[key]))
+    rows = inputs.get('pca_input')
+    if rows and 'basis' in leaves:
+      t0 = time.perf_counter()
+      # One BLAS thread: many small eigendecompositions (one per location)
+      # gain nothing from threads, and OpenBLAS threads next to a loaded
+      # CPU spin: 17 s instead of 0.4 s measured for 64 of 64 x 64.
+      with threadpoolctl.threadpool_limits(1):
+        fidelity = analysis.pca_fidelity(
+            np.concatenate(rows, axis=-2), leaves['basis'],
+            leaves['coef_var'])
+      for k, v in fidelity.items():
+        saved[FIDELITY_PREFIX + k] = float(v)
+        logged['pca/' + k] = float(v)
+      seconds = time.perf_counter() - t0
+      saved['seconds_pca_fidelity'] = seconds
+      logged['eval/seconds_pca_fidelity'] = seconds
+    return spectra, logged, saved
+
+  def diagnostic_figures(self, saved: Dict[str, np.ndarray], num_images: int
+                         ) -> Dict[str, np.ndarray]:
+    """`pca_fidelity`: the fidelity values over training."""
+    from pcavae import viz  # pylint: disable=g-import-not-at-top
+    history = fidelity_history(saved)
+    if not history:
+      return {}
+    return {'pca_fidelity': viz.fidelity_plot(
+        history, title=f'PCA ({self.mode}, tracker {self.tracker}) vs the '
+        f'exact PCA of {num_images} eval images')}
+
+  def health(self, collections: Dict[str, Any]) -> Dict[str, float]:
+    """`pca/orthonormality_error` of the basis and the count of
+    `pca/forced_orthonormalizations`."""
+    out = {}
+    state = collections.get(self.state_collection)
+    if state is None:
+      return out
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+      if path[-1].key == 'basis':
+        out['pca/orthonormality_error'] = float(
+            pca.orthonormality_error(leaf))
+      elif path[-1].key == 'forced_orthonormalizations':
+        out['pca/forced_orthonormalizations'] = int(leaf)
+    return out
+
+  def coefficient_scales(self, latent_hw: Tuple[int, int]) -> Array:
+    """Running sigma of each coefficient of one image: `(H, W, Q)`, `(Q,)`
+    in `global` mode."""
+    var = self.get_variable('pca', 'coef_var')
+    sigma = jnp.sqrt(jnp.maximum(var.astype(jnp.float32), 0.0))
+    q = sigma.shape[-1]
+    if self.mode == 'global':
+      return sigma
+    hh, ww = latent_hw
+    return jnp.broadcast_to(sigma.reshape((hh, ww, q) if sigma.ndim == 2
+                                          else (q,)), (hh, ww, q))
 
   # -- sample layout ---------------------------------------------------------
 
@@ -525,12 +709,13 @@ class PCABottleneck(Bottleneck):
             'warmup/pca_samples': jnp.asarray(x.shape[-2], jnp.float32)}
 
   def latent_from_symbols(self, symbols: Array,
-                          symbol_bits: Optional[Array] = None) -> Array:
+                          side: Optional[Array] = None) -> Array:
     """The eval output from the quantized symbols `(B, H, W, Q)` (`(B, Q)`
     in `global` mode) and the bits of each coefficient of one image:
     dequantize with each coefficient's running sigma, reconstruct
     `y C^T + mu` per problem and (`global`) unmap. `global` mode returns
     the flat `(B, N)` latent (the layer cannot tell H, W and D apart)."""
+    symbol_bits = side
     basis = self.get_variable('pca', 'basis')
     mean = self.get_variable('pca', 'mean')
     sigma = jnp.sqrt(jnp.maximum(self.get_variable('pca', 'coef_var'), 0.0))

@@ -6,32 +6,31 @@ projections start untrained).
 """
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pcavae import checks
 from pcavae import losses
 from pcavae.models.bottlenecks.base import Array
 from pcavae.models.bottlenecks.base import Aux
 from pcavae.models.bottlenecks.base import batch_code_stats
+from pcavae.models.bottlenecks.base import BITS
 from pcavae.models.bottlenecks.base import Bottleneck
+from pcavae.models.bottlenecks.base import Coding
+from pcavae.models.bottlenecks.base import CodingStream
 from pcavae.models.bottlenecks.base import dense
 from pcavae.models.bottlenecks.base import flatten
 from pcavae.models.bottlenecks.base import KEY
 from pcavae.models.bottlenecks.base import LatentShape
+from pcavae.models.bottlenecks.base import project_out
 from pcavae.models.bottlenecks.base import register
 from pcavae.models.bottlenecks.base import straight_through
 
 
-
-def _project_out(module: Bottleneck, q: Array) -> Array:
-  """The output projection of a restored FSQ/LFQ layer, where it has one."""
-  if module.has_variable('params', 'proj_out'):
-    return dense(module.get_variable('params', 'proj_out'), q)
-  return q
 
 def fsq_bound(z: Array, levels: Sequence[int], eps: float = 1e-3) -> Array:
   """FSQ's bounding function: channel i lands in `L_i` integer bins.
@@ -121,10 +120,10 @@ class FSQBottleneck(Bottleneck):
                        'integers >= 2 (e.g. (8, 5, 5, 5)).')
 
   def latent_from_symbols(self, symbols: Array,
-                          symbol_bits: Optional[Array] = None) -> Array:
-    del symbol_bits
+                          side: Optional[Array] = None) -> Array:
+    del side
     q = fsq_indices_to_codes(symbols, tuple(int(l) for l in self.levels))
-    return _project_out(self, q)
+    return project_out(self, q)
 
   @nn.compact
   def forward(self, h: Array, train: bool) -> Tuple[Array, Aux]:
@@ -144,6 +143,12 @@ class FSQBottleneck(Bottleneck):
     return out.astype(in_dtype), aux
 
 
+# LFQ: up to this many bits the entropy loss materialises all 2^d codes and
+# the code is an index; above, both are per bit, up to `MAX_CODE_DIM`.
+EXACT_MAX_CODE_DIM = 16
+MAX_CODE_DIM = 64
+
+
 def lfq_codebook(code_dim: int) -> Array:
   """All `2^d` LFQ codes as `(2^d, d)` float32 sign vectors; bit i of the
   index is channel i being positive."""
@@ -160,9 +165,13 @@ class LFQBottleneck(Bottleneck):
   when D equals it) and each channel quantized to its sign, +-1, with a
   straight-through gradient; the index is the binary number of the signs.
   Loss: `entropy_weight * (per-sample entropy - batch entropy)` of the soft
-  assignment to all `2^d` codes (`losses.lfq_entropy_terms`; it is
-  materialised, so d is limited to 16) plus `commitment_weight *
-  ||z - sg(q)||^2`.
+  assignment to all `2^d` codes plus `commitment_weight * ||z - sg(q)||^2`.
+  Up to `EXACT_MAX_CODE_DIM` bits the assignment is materialised
+  (`losses.lfq_entropy_terms`) and the symbols are the code indices
+  (`codes`, one categorical); above it (up to 64 bits) the entropies are
+  factorised per bit (`losses.bit_entropy_terms`: the per-sample entropy
+  exactly, the batch entropy as the sum of the bits') and the symbols are
+  the bits (`bits`, one Bernoulli per bit).
 
   Attributes:
     code_dim: d, bits per location.
@@ -175,11 +184,24 @@ class LFQBottleneck(Bottleneck):
   commitment_weight: float = 0.25
   inv_temperature: float = 100.0
 
-  symbol_key = 'codes'
+  @property
+  def symbol_key(self) -> str:
+    return 'codes' if self._indexed else 'bits'
+
+  @property
+  def _indexed(self) -> bool:
+    """Whether the code is small enough for indices and exact entropies."""
+    return int(self.code_dim) <= EXACT_MAX_CODE_DIM
 
   @property
   def num_codes(self) -> int:
     return 2 ** int(self.code_dim)
+
+  def coding(self, aux: Dict[str, Any]) -> Coding:
+    if self._indexed:
+      return super().coding(aux)
+    shape = tuple(np.shape(aux['bits']))[1:]
+    return Coding(shape, (CodingStream(np.ones(shape, bool), BITS, 2),))
 
   def bits_per_token(self, latent_dim: int) -> float:
     del latent_dim
@@ -188,17 +210,20 @@ class LFQBottleneck(Bottleneck):
   def validate(self, latent_shape: LatentShape) -> None:
     del latent_shape
     checks.positive(self.code_dim, KEY + 'code_dim')
-    if self.code_dim > 16:
-      raise ValueError(f'{KEY}code_dim={self.code_dim} exceeds 16: the LFQ '
-                       'entropy loss materialises all 2^code_dim codes.')
+    if self.code_dim > MAX_CODE_DIM:
+      raise ValueError(f'{KEY}code_dim={self.code_dim} exceeds '
+                       f'{MAX_CODE_DIM}.')
     checks.non_negative(self.entropy_weight, KEY + 'entropy_weight')
     checks.non_negative(self.commitment_weight, KEY + 'commitment_weight')
 
   def latent_from_symbols(self, symbols: Array,
-                          symbol_bits: Optional[Array] = None) -> Array:
-    del symbol_bits
-    q = jnp.take(lfq_codebook(int(self.code_dim)), symbols, axis=0)
-    return _project_out(self, q)
+                          side: Optional[Array] = None) -> Array:
+    del side
+    if self._indexed:
+      q = jnp.take(lfq_codebook(int(self.code_dim)), symbols, axis=0)
+    else:
+      q = 2.0 * symbols.astype(jnp.float32) - 1.0
+    return project_out(self, q)
 
   @nn.compact
   def forward(self, h: Array, train: bool) -> Tuple[Array, Aux]:
@@ -211,11 +236,13 @@ class LFQBottleneck(Bottleneck):
       z = nn.Dense(self.code_dim, name='proj_in', dtype=jnp.float32)(z)
     q = jnp.where(z > 0, 1.0, -1.0)
     bits = (z > 0).astype(jnp.int32)
-    indices = jnp.sum(bits << jnp.arange(self.code_dim, dtype=jnp.int32),
-                      axis=-1).astype(jnp.int32)
     flat, _ = flatten(z)
-    per_sample, batch = losses.lfq_entropy_terms(
-        flat, lfq_codebook(self.code_dim), self.inv_temperature)
+    if self._indexed:
+      per_sample, batch = losses.lfq_entropy_terms(
+          flat, lfq_codebook(self.code_dim), self.inv_temperature)
+    else:
+      per_sample, batch = losses.bit_entropy_terms(
+          4.0 * self.inv_temperature * flat)
     ent = per_sample - batch
     commit = jnp.mean(jnp.square(z - jax.lax.stop_gradient(q)))
     z_q = straight_through(z, q)
@@ -223,6 +250,11 @@ class LFQBottleneck(Bottleneck):
         else z_q
     aux = {'loss': self.entropy_weight * ent + self.commitment_weight * commit,
            'entropy_loss': ent, 'per_sample_entropy': per_sample,
-           'batch_entropy': batch, 'commitment_loss': commit,
-           'codes': indices, **batch_code_stats(indices, self.num_codes)}
+           'batch_entropy': batch, 'commitment_loss': commit}
+    if self._indexed:
+      indices = jnp.sum(bits << jnp.arange(self.code_dim, dtype=jnp.int32),
+                        axis=-1).astype(jnp.int32)
+      aux.update(codes=indices, **batch_code_stats(indices, self.num_codes))
+    else:
+      aux['bits'] = bits
     return out.astype(in_dtype), aux

@@ -185,8 +185,8 @@ class VQBottleneck(CodebookBottleneck):
     self.put_variable('params', 'codebook', centres)
 
   def latent_from_symbols(self, symbols: Array,
-                          symbol_bits: Optional[Array] = None) -> Array:
-    del symbol_bits
+                          side: Optional[Array] = None) -> Array:
+    del side
     return jnp.take(self.get_variable('params', 'codebook'), symbols, axis=0)
 
 
@@ -322,8 +322,8 @@ class EMAVQBottleneck(CodebookBottleneck):
     self.put_variable('vq_ema', 'cluster_size', size)
 
   def latent_from_symbols(self, symbols: Array,
-                          symbol_bits: Optional[Array] = None) -> Array:
-    del symbol_bits
+                          side: Optional[Array] = None) -> Array:
+    del side
     return jnp.take(self.get_variable('vq_ema', 'embedding'), symbols, axis=0)
 
 
@@ -369,8 +369,8 @@ class SimVQBottleneck(CodebookBottleneck):
     self.put_variable('params', 'codebook_map', {'kernel': w, 'bias': bias})
 
   def latent_from_symbols(self, symbols: Array,
-                          symbol_bits: Optional[Array] = None) -> Array:
-    del symbol_bits
+                          side: Optional[Array] = None) -> Array:
+    del side
     book = dense(self.get_variable('params', 'codebook_map'),
                  self.get_variable('simvq', 'frozen_codebook'),
                  precision=jax.lax.Precision.HIGHEST)
@@ -430,8 +430,8 @@ class FactorizedVQBottleneck(CodebookBottleneck):
     self.put_variable('params', 'codebook', l2_normalize(centres))
 
   def latent_from_symbols(self, symbols: Array,
-                          symbol_bits: Optional[Array] = None) -> Array:
-    del symbol_bits
+                          side: Optional[Array] = None) -> Array:
+    del side
     book = l2_normalize(self.get_variable('params', 'codebook'))
     return dense(self.get_variable('params', 'proj_out'),
                  jnp.take(book, symbols, axis=0))

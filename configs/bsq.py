@@ -22,16 +22,7 @@ Latent bits per image: tokens * d (runlocal: 64 * 18 = 1152). At full size
   python -m pcavae.main --config=configs/bsq.py --workdir=workdirs/bsq
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-  import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-finally:
-  # Off the path again: this folder's pcavae.py would shadow the package in
-  # processes started later with this sys.path (grain's data workers).
-  sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+from configs import common
 
 
 def get_config(arg=None):

@@ -180,11 +180,11 @@ def test_payload_bounds_hold_the_real_payloads(codecs, photo):
       header, words = codec_lib.unpack_file(data, 'x')
       grid_tiles = -(-header.height // 16) * -(-header.width // 16)
       streams = c._streams(header.rate_kind, header.rate, grid_tiles)  # pylint: disable=protected-access
-      _, _, symbol_bits = c.functions(header.rate_kind, header.rate)
-      per_tile = (np.prod(symbol_bits.shape) if symbol_bits is not None
-                  else 16)  # FSQ: a 4 x 4 latent of codes
-      coded = [(grid_tiles * int(per_tile) if n < 0 else n, p)
-               for _, n, p in streams]
+      # Every symbol of every tile is in exactly one stream.
+      per_tile = int(np.prod(c.coding(header.rate_kind,
+                                      header.rate).symbol_shape))
+      assert sum(n for _, n, _ in streams) <= grid_tiles * per_tile
+      coded = [(n, p) for _, n, p in streams]
       low, high = codec_lib.payload_word_bounds(coded)
       assert low <= words.size <= high, (low, words.size, high)
   # The 1-bit Gaussian model costs exactly 1 bit a symbol: both bounds are

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import tiny_config
 from pcavae import bits
+from pcavae import configlib
 from pcavae import train
 from pcavae import train_state
 from pcavae import viz
@@ -99,7 +100,7 @@ def test_collections_stats_report_the_basis_error():
   bent_state[train_state.COLLECTIONS] = {
       **collections, 'pca': {'bottleneck': {
           **collections['pca']['bottleneck'], 'basis': jnp.asarray(bent)}}}
-  stats = train.collections_stats(bent_state)
+  stats = train.collections_stats(bent_state, configlib.make_bottleneck(c))
   gram = np.einsum('ldq,ldk->lqk', bent.astype(np.float64),
                    bent.astype(np.float64))
   expected = np.max(np.abs(gram - np.eye(gram.shape[-1])))

@@ -77,7 +77,7 @@ def test_eight_devices_match_one_and_checkpoints_cross_device_counts(
   out = _finish(_run(one, 1, 5, 1), _run(eight, 8, 5, 8))
   assert 'FINAL 0 8' in out[1]
   # The spatial PCA's state (16 locations) is split by location, 2 per device.
-  assert 'PCA state on 8 devices: split by location, 2 of 16 each' in out[1]
+  assert 'pca state on 8 devices: split by location, 2 of 16 each' in out[1]
   (a, step_a), (b, step_b) = _state(one), _state(eight)  # 8 -> 1 restore
   assert step_a == step_b == 5
   _assert_close(a, b)

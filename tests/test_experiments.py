@@ -213,14 +213,18 @@ def test_throughput_train_only_and_options(tmp_path):
   with open(tmp_path / 'throughput.jsonl') as f:
     records = [json.loads(line) for line in f]
   names = [r['measurement'] for r in records]
-  assert names == ['train/pca:reference:q51', 'train/identity',
+  # A record per step as it is compiled, then the timings.
+  assert names == ['compile/pca:reference:q51', 'compile/identity',
+                   'train/pca:reference:q51', 'train/identity',
                    'bottleneck_share/pca:reference:q51', 'memory']
-  trains = records[:2]
+  compiles, trains = records[:2], records[2:4]
+  assert [r['compile_s'] for r in compiles] == [r['compile_s']
+                                                for r in trains]
   assert all(r['resolution'] == 16 and r['steps_timed'] == 1
              and r['step_ms'] > 0 for r in trains)
   # Q = 51 of D = 256: the PCA step does more than the identity's.
   assert trains[0]['flops_per_step'] > trains[1]['flops_per_step']
-  assert records[3]['peak_bytes'] > 0
+  assert records[5]['peak_bytes'] > 0
 
 
 def test_gpu_check_quick(tmp_path):

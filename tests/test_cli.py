@@ -184,7 +184,9 @@ def test_reconstruct_writes_every_readable_image_at_its_size(
   assert float(rows['big.png']['ssim']) == pytest.approx(ssim, abs=1e-4)
   assert float(rows['big.png']['lpips_alex']) > 0  # 48x40: LPIPS allowed
   assert rows['gray.png']['lpips_alex'] == ''  # 20 px: under AlexNet's 32
-  assert int(rows['big.png']['tiles']) == 3 * 3
+  # 48 x 40 in 16 px tiles overlapping by 4 px (the default, a quarter):
+  # 12 px apart, 4 down and 3 across.
+  assert int(rows['big.png']['tiles']) == 4 * 3
 
 
 def test_reconstruct_center_crop_side_by_side(run_dir, mixed_folder,

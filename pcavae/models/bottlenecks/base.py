@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcavae import analysis
+from pcavae import checks
 from pcavae.metrics import codebook as codebook_metrics
 
 Array = jax.Array
@@ -128,6 +129,28 @@ class Coding:
   symbol_shape: Tuple[int, ...]
   streams: Tuple[CodingStream, ...]
   side: Optional[np.ndarray] = None
+
+
+# The widest binary code (LFQ, BSQ): bit counts and probabilities stay exact
+# in float64.
+MAX_BIT_CODE_DIM = 64
+
+
+def bit_coding(bits: Any) -> Coding:
+  """The coding of a binary code sent bit by bit (`bits`: a batch of images'
+  0/1 symbols): one stream of every bit, factorised, a fitted Bernoulli per
+  bit position."""
+  shape = tuple(np.shape(bits))[1:]
+  return Coding(shape, (CodingStream(np.ones(shape, bool), BITS, 2),))
+
+
+def check_bit_code_dim(code_dim: int) -> None:
+  """`code_dim` bits per location: positive and at most `MAX_BIT_CODE_DIM`,
+  naming the key."""
+  checks.positive(code_dim, KEY + 'code_dim')
+  if code_dim > MAX_BIT_CODE_DIM:
+    raise ValueError(f'{KEY}code_dim={code_dim} exceeds '
+                     f'{MAX_BIT_CODE_DIM}.')
 
 
 def register(name: str) -> Callable[[Type['Bottleneck']], Type['Bottleneck']]:

@@ -16,16 +16,15 @@ from typing import Any, Dict, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pcavae import checks
 from pcavae import losses
 from pcavae.models.bottlenecks.base import Array
 from pcavae.models.bottlenecks.base import Aux
-from pcavae.models.bottlenecks.base import BITS
+from pcavae.models.bottlenecks.base import bit_coding
 from pcavae.models.bottlenecks.base import Bottleneck
+from pcavae.models.bottlenecks.base import check_bit_code_dim
 from pcavae.models.bottlenecks.base import Coding
-from pcavae.models.bottlenecks.base import CodingStream
 from pcavae.models.bottlenecks.base import flatten
 from pcavae.models.bottlenecks.base import KEY
 from pcavae.models.bottlenecks.base import l2_normalize
@@ -33,9 +32,6 @@ from pcavae.models.bottlenecks.base import LatentShape
 from pcavae.models.bottlenecks.base import project_out
 from pcavae.models.bottlenecks.base import register
 from pcavae.models.bottlenecks.base import straight_through
-
-# The widest code: bit counts and probabilities stay exact in float64.
-MAX_CODE_DIM = 64
 
 
 def bsq_quantize(v: Array) -> Array:
@@ -95,10 +91,7 @@ class BSQBottleneck(Bottleneck):
 
   def validate(self, latent_shape: LatentShape) -> None:
     del latent_shape
-    checks.positive(self.code_dim, KEY + 'code_dim')
-    if self.code_dim > MAX_CODE_DIM:
-      raise ValueError(f'{KEY}code_dim={self.code_dim} exceeds '
-                       f'{MAX_CODE_DIM}.')
+    check_bit_code_dim(self.code_dim)
     checks.non_negative(self.entropy_weight, KEY + 'entropy_weight')
     checks.non_negative(self.batch_entropy_weight,
                         KEY + 'batch_entropy_weight')
@@ -108,8 +101,7 @@ class BSQBottleneck(Bottleneck):
   def coding(self, aux: Dict[str, Any]) -> Coding:
     """One stream of every bit, factorised: a fitted Bernoulli per bit
     position."""
-    shape = tuple(np.shape(aux[self.symbol_key]))[1:]
-    return Coding(shape, (CodingStream(np.ones(shape, bool), BITS, 2),))
+    return bit_coding(aux[self.symbol_key])
 
   def latent_from_symbols(self, symbols: Array,
                           side: Optional[Array] = None) -> Array:

@@ -11,18 +11,16 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pcavae import checks
 from pcavae import losses
 from pcavae.models.bottlenecks.base import Array
 from pcavae.models.bottlenecks.base import Aux
 from pcavae.models.bottlenecks.base import batch_code_stats
-from pcavae.models.bottlenecks.base import BITS
+from pcavae.models.bottlenecks.base import bit_coding
 from pcavae.models.bottlenecks.base import Bottleneck
+from pcavae.models.bottlenecks.base import check_bit_code_dim
 from pcavae.models.bottlenecks.base import Coding
-from pcavae.models.bottlenecks.base import CodingStream
-from pcavae.models.bottlenecks.base import dense
 from pcavae.models.bottlenecks.base import flatten
 from pcavae.models.bottlenecks.base import KEY
 from pcavae.models.bottlenecks.base import LatentShape
@@ -144,9 +142,8 @@ class FSQBottleneck(Bottleneck):
 
 
 # LFQ: up to this many bits the entropy loss materialises all 2^d codes and
-# the code is an index; above, both are per bit, up to `MAX_CODE_DIM`.
+# the code is an index; above, both are per bit, up to `MAX_BIT_CODE_DIM`.
 EXACT_MAX_CODE_DIM = 16
-MAX_CODE_DIM = 64
 
 
 def lfq_codebook(code_dim: int) -> Array:
@@ -200,8 +197,7 @@ class LFQBottleneck(Bottleneck):
   def coding(self, aux: Dict[str, Any]) -> Coding:
     if self._indexed:
       return super().coding(aux)
-    shape = tuple(np.shape(aux['bits']))[1:]
-    return Coding(shape, (CodingStream(np.ones(shape, bool), BITS, 2),))
+    return bit_coding(aux['bits'])
 
   def bits_per_token(self, latent_dim: int) -> float:
     del latent_dim
@@ -209,10 +205,7 @@ class LFQBottleneck(Bottleneck):
 
   def validate(self, latent_shape: LatentShape) -> None:
     del latent_shape
-    checks.positive(self.code_dim, KEY + 'code_dim')
-    if self.code_dim > MAX_CODE_DIM:
-      raise ValueError(f'{KEY}code_dim={self.code_dim} exceeds '
-                       f'{MAX_CODE_DIM}.')
+    check_bit_code_dim(self.code_dim)
     checks.non_negative(self.entropy_weight, KEY + 'entropy_weight')
     checks.non_negative(self.commitment_weight, KEY + 'commitment_weight')
 

@@ -540,12 +540,9 @@ def test_vqgan_gradient_matches_direct_computation():
                state['disc_params'])
 
 
-def test_vqgan_step_divides_the_kl_term_as_the_plain_step():
-  # kl.py:gan through the real train step: the KL term added to the loss is
-  # kl_weight * KL per image / (H W 3), as without the VQGAN objective.
-  config = tiny_config('kl', 'runlocal,gan', **{
-      'loss.perceptual_weight': 0.0, 'loss.disc_layers': 2,
-      'loss.disc_filters': 4})
+def _first_train_step(config):
+  """`(model, initial state, batch, measurements)` of one real train step on
+  a fixed random 16 px batch of 4."""
   model = train.create_model(config)
   tx, schedule = train.make_optimizer(config)
   state = jax.jit(train.make_init_fn(model, tx, config))(
@@ -554,6 +551,16 @@ def test_vqgan_step_divides_the_kl_term_as_the_plain_step():
                              minval=-1)
   _, meas = jax.jit(train.make_train_step(model, tx, schedule, config))(
       state, batch)
+  return model, state, batch, meas
+
+
+def test_vqgan_step_divides_the_kl_term_as_the_plain_step():
+  # kl.py:gan through the real train step: the KL term added to the loss is
+  # kl_weight * KL per image / (H W 3), as without the VQGAN objective.
+  config = tiny_config('kl', 'runlocal,gan', **{
+      'loss.perceptual_weight': 0.0, 'loss.disc_layers': 2,
+      'loss.disc_filters': 4})
+  _, _, _, meas = _first_train_step(config)
   assert 'gan/disc_loss' in meas
   kl = float(meas['bottleneck/kl'])
   assert kl > 0
@@ -576,14 +583,7 @@ def test_train_step_loss_is_mse_plus_the_weighted_kl(normalization, divisor):
   config = tiny_config('kl', **{'model.bottleneck.kl_weight': weight,
                                 'loss.kl_normalization': normalization})
   assert config.loss.reconstruction == 'auto'  # MSE under this objective
-  model = train.create_model(config)
-  tx, schedule = train.make_optimizer(config)
-  state = jax.jit(train.make_init_fn(model, tx, config))(
-      jax.random.PRNGKey(0))
-  batch = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3),
-                             minval=-1)
-  _, meas = jax.jit(train.make_train_step(model, tx, schedule, config))(
-      state, batch)
+  model, state, batch, meas = _first_train_step(config)
 
   variables = {'params': state['params']}
   # The posterior's moments, as the model computes them at the step's

@@ -21,7 +21,6 @@ from scipy import optimize
 from scipy import stats
 
 from conftest import ROOT
-from conftest import tiny_config
 from pcavae import codec as codec_lib
 from pcavae import data
 from pcavae import train
@@ -33,14 +32,6 @@ BUDGET = 96  # bits per 16 x 16 tile (4 x 4 locations x 4 components)
 # The range coder's overhead: its final flush (at most two 32-bit words) and
 # its 24-bit probabilities' rounding, well under 0.5 %.
 FLUSH_BITS, MODEL_SLACK = 64, 1.005
-
-
-def _train(tmp_path_factory, family):
-  workdir = str(tmp_path_factory.mktemp(family))
-  config = tiny_config(family, **{'eval.lpips': False, 'eval_every_steps': 6,
-                                  'checkpoint_every_steps': 6})
-  train.train_and_evaluate(config, workdir)
-  return workdir
 
 
 @pytest.fixture(scope='module')
@@ -78,11 +69,11 @@ def _assert_payload_is_the_information(payload, info):
 
 
 def test_code_counts_and_file_size_from_the_training_codes(
-    tmp_path_factory, photo):
+    tmp_path_factory, codec_fsq_workdir, photo):
   """`compress` as a user types it; the counts file is the bincount of the
   first COUNT_IMAGES training images' codes, and the file's payload is the
   symbols' information under the add-1/2 smoothed counts."""
-  workdir = _train(tmp_path_factory, 'fsq')
+  workdir = codec_fsq_workdir
   src = tmp_path_factory.mktemp('in')
   packed = tmp_path_factory.mktemp('packed')
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -181,8 +172,9 @@ def _waterfilling_rates(variances, total_bits):
   return rate(log_theta).reshape(np.shape(variances))
 
 
-def test_budget_file_size_follows_from_waterfilling(tmp_path_factory, photo):
-  workdir = _train(tmp_path_factory, 'pcavae')
+def test_budget_file_size_follows_from_waterfilling(tmp_path_factory,
+                                                   codec_pca_workdir, photo):
+  workdir = codec_pca_workdir
   config, model, variables, _ = train.restore_model(workdir)
   assert config.model.bottleneck.mode == 'spatial'
   flat = traverse_util.flatten_dict(variables['pca'])

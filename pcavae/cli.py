@@ -1,12 +1,15 @@
 """What every command-line entry point shares, without defining any flag.
 
-`pcavae.main` and `pcavae.reconstruct` (and any later entry point) each define
-their own absl flags; a module both import must define none, or absl refuses
+`pcavae.main`, `pcavae.reconstruct`, `pcavae.sample` (and any later entry
+point) each define their own absl flags; a module both import must define none, or absl refuses
 the second definition (`DuplicateFlagError`).
 """
 
 import logging as py_logging
+import math
 import os
+import sys
+import time
 from typing import Optional
 
 from absl import logging
@@ -86,3 +89,47 @@ def make_workdir(workdir: str, flag: str = '--workdir') -> str:
   if not os.access(path, os.W_OK | os.X_OK):
     raise SystemExit(f'Cannot write to {flag}={path}: permission denied.')
   return path
+
+
+def format_eta(seconds: float) -> str:
+  """`h:mm:ss` of a duration (negative counts as 0)."""
+  seconds = int(max(0, seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}:{m:02d}:{s:02d}'
+
+
+class Progress:
+  """`<label>: done/total <unit>  x <unit>/s  ETA h:mm:ss` on stderr:
+  redrawn in place on a terminal, else a line every `every_s` seconds (and
+  at the end)."""
+
+  def __init__(self, total: int, label: str, unit: str = 'images',
+               stream=None, every_s: float = 10.0):
+    self.total = total
+    self.label = label
+    self.unit = unit
+    self.stream = stream if stream is not None else sys.stderr
+    self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+    self.every_s = every_s
+    self.start = time.perf_counter()
+    self.last = -math.inf
+    self.finished = False
+
+  def line(self, done: int) -> str:
+    elapsed = max(time.perf_counter() - self.start, 1e-9)
+    rate = done / elapsed
+    eta = ((self.total - done) / rate) if rate > 0 else 0.0
+    return (f'{self.label}: {done}/{self.total} {self.unit}  {rate:.2f} '
+            f'{self.unit}/s  ETA {format_eta(eta)}')
+
+  def update(self, done: int) -> None:
+    now = time.perf_counter()
+    final = done >= self.total
+    if self.finished or not (self.tty or final or
+                             now - self.last >= self.every_s):
+      return
+    self.last, self.finished = now, final
+    end = '\n' if final or not self.tty else ''
+    self.stream.write(('\r' if self.tty else '') + self.line(done) + end)
+    self.stream.flush()

@@ -41,8 +41,6 @@ import csv
 import dataclasses
 import math
 import os
-import sys
-import time
 from typing import Callable, Optional, Sequence
 
 from absl import app
@@ -162,40 +160,6 @@ class ImageMetrics:
     return out
 
 
-class Progress:
-  """`done/total images  x images/s  ETA h:mm:ss` on stderr: redrawn in place
-  on a terminal, else a line every `every_s` seconds (and at the end)."""
-
-  def __init__(self, total: int, stream=None, every_s: float = 10.0):
-    self.total = total
-    self.stream = stream if stream is not None else sys.stderr
-    self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
-    self.every_s = every_s
-    self.start = time.perf_counter()
-    self.last = -math.inf
-    self.finished = False
-
-  def line(self, done: int) -> str:
-    from pcavae import train  # pylint: disable=g-import-not-at-top
-    elapsed = max(time.perf_counter() - self.start, 1e-9)
-    rate = done / elapsed
-    eta = ((self.total - done) / rate) if rate > 0 else 0.0
-    eta_text = train._format_eta(eta)  # pylint: disable=protected-access
-    return (f'reconstruct: {done}/{self.total} images  {rate:.2f} images/s  '
-            f'ETA {eta_text}')
-
-  def update(self, done: int) -> None:
-    now = time.perf_counter()
-    final = done >= self.total
-    if self.finished or not (self.tty or final or
-                             now - self.last >= self.every_s):
-      return
-    self.last, self.finished = now, final
-    end = '\n' if final or not self.tty else ''
-    self.stream.write(('\r' if self.tty else '') + self.line(done) + end)
-    self.stream.flush()
-
-
 def default_overlap(resolution: int) -> int:
   """The overlap of full-size tiles unless one is given: a quarter of the
   tile. On three held-out photographs (32 px tiles, docs/usage.md) it took
@@ -256,7 +220,7 @@ def reconstruct_folder(workdir: str, input_dir: str, output_dir: str,
                len(paths), step, workdir,
                'at full size in %dx%d tiles' % (r, r) if full_size
                else 'center-cropped and resized to %d px' % r)
-  bar = Progress(len(paths)) if progress else None
+  bar = cli.Progress(len(paths), 'reconstruct') if progress else None
   try:
     os.makedirs(output_dir, exist_ok=True)
   except OSError as e:

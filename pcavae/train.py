@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from pcavae import checkpointing
+from pcavae import cli
 from pcavae import configlib
 from pcavae import data
 from pcavae import evaluators
@@ -392,13 +393,6 @@ class _Preemption:
       signal.signal(sig, old)
 
 
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}:{m:02d}:{s:02d}'
-
-
 class NonFiniteError(FloatingPointError):
   """A train step produced a NaN/Inf loss or gradient."""
 
@@ -620,7 +614,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         writer.write_scalars(step, scalars)
         logging.info('step %d/%d  loss %.5f  %.2f steps/s  ETA %s', step,
                      total, float(last_measurements['loss']), rate,
-                     _format_eta((total - step) / max(rate, 1e-9)))
+                     cli.format_eta((total - step) / max(rate, 1e-9)))
         t_log, step_log, wait_time = time.perf_counter(), step, 0.0
 
       if step % config.eval_every_steps == 0 or is_last:

@@ -31,6 +31,9 @@ new bottleneck is one module, one `register` and one config:
   rate_settings, coding_rate(...), rate_overrides(...)
                            the codec's rate settings (`--bits`, `--budget`)
   latent_from_symbols(...) the decoder's half (`pcavae.codec`)
+  latent_from_coefficients(y)
+                           a continuous latent's eval output from its
+                           `aux['coefficients']` (`pcavae.generation`)
   diagnostic_keys, diagnostic_rows(...), diagnostics(...)
                            its own eval diagnostics (`pcavae.evaluators`)
   health(collections)      scalar health of its state, at every eval
@@ -265,6 +268,13 @@ class Bottleneck(nn.Module):
     is one vector)."""
     raise NotImplementedError(
         f'{type(self).__name__} has no finite code to decode.')
+
+  def latent_from_coefficients(self, coefficients: Array) -> Array:
+    """For a continuous latent without a finite code whose eval `aux`
+    holds `coefficients`: the eval output made from (changed) coefficients,
+    so that they can be quantized and decoded (`pcavae.generation`)."""
+    raise NotImplementedError(
+        f'{type(self).__name__} does not decode from its coefficients.')
 
   # -- coding (`pcavae.codec`, the `codes` eval unit) ------------------------
 

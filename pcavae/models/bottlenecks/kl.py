@@ -73,3 +73,12 @@ class KLBottleneck(Bottleneck):
     aux = {'loss': self.kl_weight * kl, 'kl': kl,
            'posterior_std': jnp.mean(std), 'coefficients': mean}
     return out.astype(in_dtype), aux
+
+  def latent_from_coefficients(self, coefficients: Array) -> Array:
+    """The eval output from posterior means: the `post` 1x1 conv, in full
+    float32 as `forward` computes it."""
+    post = self.get_variable('params', 'post')
+    kernel = post['kernel'].reshape(post['kernel'].shape[-2:])
+    y = jnp.asarray(coefficients, jnp.float32)
+    return jnp.einsum('...c,cd->...d', y, kernel,
+                      precision=jax.lax.Precision.HIGHEST) + post['bias']

@@ -566,6 +566,8 @@ class Prior:
       self.record = json.load(f)
     workdir = os.path.abspath(workdir or self.record['workdir'])
     config = train.load_config(workdir)
+    if config.model.bottleneck.kind != self.record['kind']:
+      raise ValueError(self._other_model(workdir, prior_dir))
     self.describe = {k: self.record[k] for k in ('latent', 'kind',
                                                  'rate_setting', 'rate')}
     rate = {} if self.record['rate_setting'] is None else {
@@ -579,10 +581,7 @@ class Prior:
     found = codec_lib.model_fingerprint(self.latent.config,
                                         self.latent.step).hex()
     if found != self.record['model_fingerprint']:
-      raise ValueError(
-          f'--workdir={workdir} (step {self.latent.step}) is not the model '
-          f'the prior in {prior_dir} was trained on ({self.record["workdir"]},'
-          f' step {self.record["model_step"]}).')
+      raise ValueError(self._other_model(workdir, prior_dir))
     self.space = self.latent.space
     settings = PriorSettings(**self.record['settings'])
     self.model = make_model(self.space, settings.size)
@@ -596,6 +595,11 @@ class Prior:
       raise FileNotFoundError(f'No prior checkpoint in {ckpt.directory}.')
     self.params = restored['params']
     self._decode_fns: Dict[Tuple[int, int, float, float], Any] = {}
+
+  def _other_model(self, workdir: str, prior_dir: str) -> str:
+    return (f'--workdir={workdir} is not the model the prior in {prior_dir} '
+            f'was trained on ({self.record["workdir"]}, step '
+            f'{self.record["model_step"]}, {self.record["kind"]}).')
 
   def decode_fn(self, batch: int, steps: int, temperature: float,
                 choice_temperature: float):

@@ -66,8 +66,9 @@ SIZES = {
     'small': dict(dim=128, depth=4, heads=2),
     'base': dict(dim=256, depth=8, heads=4),
 }
-# The largest alphabet of one position (the output layer's width).
-MAX_VOCAB = 1 << 16
+# The largest alphabet of one token: a symbol with more (a PCA coefficient
+# of more than 12 bits) is split into several tokens (`TokenSpace`).
+MAX_ALPHABET = 1 << 12
 
 
 # ---------------------------------------------------------------------------
@@ -79,29 +80,63 @@ MAX_VOCAB = 1 << 16
 class TokenSpace:
   """The prior's view of one image's symbols.
 
+  The sequence is the sent symbols in C order. A symbol whose alphabet is a
+  power of two above `MAX_ALPHABET` (a PCA coefficient of many bits)
+  becomes several tokens, its bits split as evenly as possible, most
+  significant first; any other alphabet above it is refused.
+
   Attributes:
     symbol_shape: the shape of one image's symbols (`Coding.symbol_shape`).
-    positions: `(L,)` flat (C-order) indices of the symbols that are sent,
-      ascending: the sequence.
-    alphabets: `(L,)` the alphabet of each.
+    positions: `(L,)` flat (C-order) index of the symbol each token belongs
+      to, ascending.
+    alphabets: `(L,)` the alphabet of each token.
+    shifts: `(L,)` the bit offset of each token within its symbol (0 for a
+      symbol that is one token).
   """
   symbol_shape: Tuple[int, ...]
   positions: np.ndarray
   alphabets: np.ndarray
+  shifts: Optional[np.ndarray] = None
 
   @classmethod
-  def from_coding(cls, code: bottlenecks.Coding) -> 'TokenSpace':
+  def from_coding(cls, code: bottlenecks.Coding,
+                  max_alphabet: Optional[int] = None) -> 'TokenSpace':
     """Every symbol some stream sends, with that stream's alphabet."""
+    max_alphabet = MAX_ALPHABET if max_alphabet is None else max_alphabet
     alphabet = np.zeros(code.symbol_shape, np.int64)
     for stream in code.streams:
       sel = np.broadcast_to(np.asarray(stream.select, bool), alphabet.shape)
       if np.any(alphabet[sel]):
         raise ValueError('Two coding streams send the same symbol.')
       alphabet[sel] = int(stream.alphabet)
-    flat = alphabet.reshape(-1)
-    positions = np.flatnonzero(flat)
-    return cls(tuple(int(d) for d in code.symbol_shape), positions,
-               flat[positions])
+    return cls.from_alphabets(alphabet, max_alphabet)
+
+  @classmethod
+  def from_alphabets(cls, alphabet: np.ndarray, max_alphabet: int
+                     ) -> 'TokenSpace':
+    """From the alphabet of each symbol of an image (0: not sent)."""
+    flat = np.asarray(alphabet, np.int64).reshape(-1)
+    positions, alphabets, shifts = [], [], []
+    for i in np.flatnonzero(flat):
+      a = int(flat[i])
+      if a <= max_alphabet:
+        positions.append(i), alphabets.append(a), shifts.append(0)
+        continue
+      bits = a.bit_length() - 1
+      if a != 1 << bits:
+        raise ValueError(f'An alphabet of {a} symbols exceeds the prior\'s '
+                         f'{max_alphabet} and is not a power of two.')
+      per = (max_alphabet.bit_length() - 1)
+      chunks = -(-bits // per)
+      sizes = [bits // chunks + (k < bits % chunks) for k in range(chunks)]
+      shift = bits
+      for size in sizes:
+        shift -= size
+        positions.append(i), alphabets.append(1 << size), shifts.append(shift)
+    return cls(tuple(int(d) for d in np.shape(alphabet)),
+               np.asarray(positions, np.int64),
+               np.asarray(alphabets, np.int64),
+               np.asarray(shifts, np.int64))
 
   @property
   def length(self) -> int:
@@ -117,20 +152,25 @@ class TokenSpace:
     log2(alphabet)."""
     return float(np.sum(np.log2(self.alphabets)))
 
+  def _shifts(self) -> np.ndarray:
+    return (np.zeros_like(self.positions) if self.shifts is None
+            else self.shifts)
+
   def tokens(self, symbols: np.ndarray) -> np.ndarray:
     """`(B, *symbol_shape)` symbols -> `(B, L)` int32 sequences."""
-    symbols = np.asarray(symbols)
-    return symbols.reshape(symbols.shape[0], -1)[:, self.positions].astype(
-        np.int32)
+    symbols = np.asarray(symbols, np.int64)
+    picked = symbols.reshape(symbols.shape[0], -1)[:, self.positions]
+    return ((picked >> self._shifts()) % self.alphabets).astype(np.int32)
 
   def symbols(self, tokens: np.ndarray) -> np.ndarray:
     """`(B, L)` sequences -> `(B, *symbol_shape)` int32 symbols; the
     symbols no stream sends are 0, as the codec's decoder has them."""
-    tokens = np.asarray(tokens)
+    tokens = np.asarray(tokens, np.int64)
     out = np.zeros((tokens.shape[0], int(np.prod(self.symbol_shape))),
-                   np.int32)
-    out[:, self.positions] = tokens
-    return out.reshape((tokens.shape[0],) + self.symbol_shape)
+                   np.int64)
+    np.add.at(out, (slice(None), self.positions), tokens << self._shifts())
+    return out.reshape((tokens.shape[0],) + self.symbol_shape).astype(
+        np.int32)
 
   def check(self, tokens: np.ndarray, what: str) -> None:
     """Raises ValueError unless every token lies in its alphabet."""
@@ -153,7 +193,8 @@ class CodedLatent:
   """A finite code: the codec's halves at its rate (`codec.Codec`)."""
 
   def __init__(self, workdir: str, budget: Optional[int] = None,
-               bits: Optional[int] = None, batch_size: int = 64):
+               bits: Optional[int] = None, batch_size: int = 64,
+               max_alphabet: int = MAX_ALPHABET):
     try:
       self.codec = codec_lib.Codec(workdir, budget=budget, bits=bits,
                                    batch_size=batch_size)
@@ -164,7 +205,7 @@ class CodedLatent:
     self.step = self.codec.step
     self._encode, self._decode, code = self.codec.functions(
         self.codec.rate_kind, self.codec.rate)
-    self.space = TokenSpace.from_coding(code)
+    self.space = TokenSpace.from_coding(code, max_alphabet)
     rate = codec_lib.RATE_SETTINGS.get(self.codec.rate_kind)
     self.describe = {'latent': 'code', 'kind': self.codec.kind,
                      'rate_setting': rate,
@@ -205,7 +246,8 @@ class QuantizedLatent:
 
   def __init__(self, workdir: str, bits: Optional[int],
                batch_size: int = 64,
-               stats: Optional[Dict[str, np.ndarray]] = None):
+               stats: Optional[Dict[str, np.ndarray]] = None,
+               max_alphabet: int = MAX_ALPHABET):
     self.config, self.model, self.variables, self.step = train.restore_model(
         workdir)
     kind = self.config.model.bottleneck.kind
@@ -230,9 +272,8 @@ class QuantizedLatent:
           'finite code nor coefficients to quantize; no prior can model '
           'it.') from e
     self.stats = stats
-    self.space = TokenSpace(
-        tuple(int(d) for d in shape), np.arange(int(np.prod(shape))),
-        np.full(int(np.prod(shape)), 2 ** self.bits, np.int64))
+    self.space = TokenSpace.from_alphabets(
+        np.full(shape, 2 ** self.bits, np.int64), max_alphabet)
     self.describe = {'latent': 'quantized_coefficients', 'kind': kind,
                      'rate_setting': 'bits', 'rate': self.bits}
 
@@ -269,17 +310,18 @@ class QuantizedLatent:
 
 def make_latent(workdir: str, budget: Optional[int] = None,
                 bits: Optional[int] = None, batch_size: int = 64,
-                stats: Optional[Dict[str, np.ndarray]] = None):
+                stats: Optional[Dict[str, np.ndarray]] = None,
+                max_alphabet: int = MAX_ALPHABET):
   """The latent of a run as symbols: `CodedLatent` for a finite code, else
   `QuantizedLatent`."""
   bottleneck = configlib.make_bottleneck(train.load_config(workdir))
   if bottleneck.symbol_key is not None:
     return CodedLatent(workdir, budget=budget, bits=bits,
-                       batch_size=batch_size)
+                       batch_size=batch_size, max_alphabet=max_alphabet)
   if budget is not None:
     raise ValueError(f'--budget={budget}: {workdir} has a continuous latent; '
                      'give --bits (per coefficient) instead.')
-  return QuantizedLatent(workdir, bits, batch_size, stats)
+  return QuantizedLatent(workdir, bits, batch_size, stats, max_alphabet)
 
 
 def encode_split(latent, source, num_images: Optional[int], batch_size: int,
@@ -316,12 +358,13 @@ class PriorSettings:
   seed: int = 0
   log_every: int = 100
   checkpoint_every: int = 1000
+  max_alphabet: int = MAX_ALPHABET
 
   def check(self) -> None:
     if self.size not in SIZES:
       raise ValueError(f'--size={self.size!r}: choose one of {list(SIZES)}.')
     for name in ('steps', 'batch_size', 'log_every', 'checkpoint_every',
-                 'eval_images'):
+                 'eval_images', 'max_alphabet'):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f'--{name}={value!r} must be a positive integer.')
@@ -332,9 +375,6 @@ class PriorSettings:
 
 
 def make_model(space: TokenSpace, size: str) -> prior_lib.MaskedTransformer:
-  if space.vocab > MAX_VOCAB:
-    raise ValueError(f'An alphabet of {space.vocab} symbols exceeds the '
-                     f'prior\'s {MAX_VOCAB}.')
   return prior_lib.MaskedTransformer(vocab=space.vocab, length=space.length,
                                      **SIZES[size])
 
@@ -426,7 +466,8 @@ def train_prior(workdir: str, prior_dir: str, settings: PriorSettings,
   settings.check()
   workdir = os.path.abspath(workdir)
   os.makedirs(prior_dir, exist_ok=True)
-  latent = make_latent(workdir, budget=budget, bits=bits)
+  latent = make_latent(workdir, budget=budget, bits=bits,
+                       max_alphabet=settings.max_alphabet)
   config = latent.config
   splits = data.get_splits(config.dataset, config.resolution)
   if isinstance(latent, QuantizedLatent):
@@ -435,6 +476,7 @@ def train_prior(workdir: str, prior_dir: str, settings: PriorSettings,
   space = latent.space
   fingerprint = json.dumps({'workdir': workdir, 'step': latent.step,
                             **latent.describe,
+                            'max_alphabet': settings.max_alphabet,
                             'train_images': settings.train_images,
                             'eval_images': settings.eval_images},
                            sort_keys=True)
@@ -576,14 +618,15 @@ class Prior:
     if self.record['latent'] == 'quantized_coefficients':
       with np.load(os.path.join(prior_dir, QUANTIZER_FILE)) as f:
         stats = {'mean': f['mean'], 'sigma': f['sigma']}
+    settings = PriorSettings(**self.record['settings'])
     self.latent = make_latent(workdir, batch_size=latent_batch(config),
-                              stats=stats, **rate)
+                              stats=stats, max_alphabet=settings.max_alphabet,
+                              **rate)
     found = codec_lib.model_fingerprint(self.latent.config,
                                         self.latent.step).hex()
     if found != self.record['model_fingerprint']:
       raise ValueError(self._other_model(workdir, prior_dir))
     self.space = self.latent.space
-    settings = PriorSettings(**self.record['settings'])
     self.model = make_model(self.space, settings.size)
     _, state = init_state(self.model, self.space, settings)
     ckpt = checkpointing.Checkpointer(

@@ -44,6 +44,10 @@ def define_flags() -> None:
                        'Held-out images of the held-out loss.')
   flags.DEFINE_integer('decode_steps', 12, 'Decoding steps sampling uses '
                        'by default (and counted in the FLOPs).')
+  flags.DEFINE_integer('max_alphabet', d.max_alphabet, 'The largest '
+                       'alphabet of one token: a power-of-two alphabet above '
+                       'it (a PCA coefficient of many bits) is split into '
+                       'several tokens, most significant bits first.')
   flags.DEFINE_integer('seed', d.seed, 'Seed of the initialisation, batches '
                        'and masks.')
   flags.DEFINE_integer('log_every', d.log_every, 'Steps between log lines.')
@@ -61,7 +65,7 @@ def main(argv: Sequence[str]) -> None:
       size=f.size, steps=f.steps, batch_size=f.batch_size,
       learning_rate=f.learning_rate, train_images=f.train_images,
       eval_images=f.eval_images, seed=f.seed, log_every=f.log_every,
-      checkpoint_every=f.checkpoint_every)
+      checkpoint_every=f.checkpoint_every, max_alphabet=f.max_alphabet)
   if f.decode_steps < 1:
     raise app.UsageError(f'--decode_steps={f.decode_steps} must be positive.')
   try:

@@ -198,3 +198,20 @@ def test_prior_settings_errors_name_the_flag():
     generation.PriorSettings(steps=0).check()
   with pytest.raises(ValueError, match='--train_images'):
     generation.PriorSettings(train_images=1).check()
+
+
+def test_token_space_splits_wide_symbols_msb_first():
+  """A 14-bit and a 5-bit coefficient with at most 2^6 symbols per token:
+  the 14 bits become tokens of 5, 5, 4 bits, most significant first."""
+  alphabet = np.array([2 ** 14, 0, 2 ** 5])
+  space = generation.TokenSpace.from_alphabets(alphabet, 64)
+  assert space.positions.tolist() == [0, 0, 0, 2]
+  assert space.alphabets.tolist() == [32, 32, 16, 32]
+  assert space.shifts.tolist() == [9, 4, 0, 0]
+  assert space.bits_per_image == 19
+  symbols = np.array([[0b10110011100101, 0, 17], [2 ** 14 - 1, 0, 0]])
+  tokens = space.tokens(symbols)
+  assert tokens[0].tolist() == [0b10110, 0b01110, 0b0101, 17]
+  np.testing.assert_array_equal(space.symbols(tokens), symbols)
+  with pytest.raises(ValueError, match='not a power of two'):
+    generation.TokenSpace.from_alphabets(np.array([1000]), 64)

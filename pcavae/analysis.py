@@ -36,6 +36,13 @@ and returns one value per problem:
                                 (default max(0.1, 4 / sqrt(n)))
   pca_fidelity(x, C, variances) all of them, summarised over problems
 
+Generation (numpy, float64):
+
+  variance_share(samples, references)
+                                per component, the variance of generated
+                                images' coefficients over that of the
+                                references' (1: the samples reproduce it)
+
 k-means in JAX (jittable; used to initialise codebooks at the end of AE
 warm-up):
 
@@ -407,6 +414,43 @@ def pca_fidelity(x, basis, variances, min_gap: Optional[float] = None
           'order_spearman': nanmean(rho),
           'eigenvector_alignment': nanmean(align),
           'identifiable_components': float(np.mean(count))}
+
+
+# ---------------------------------------------------------------------------
+# Generation.
+# ---------------------------------------------------------------------------
+
+
+def variance_share(sample_coefficients, reference_coefficients
+                   ) -> np.ndarray:
+  """The share of each component's variance that generated images reproduce.
+
+  Args:
+    sample_coefficients: `(B, ..., Q)` latent coefficients of generated
+      images (e.g. `(B, h, w, Q)` spatial PCA, `(B, Q)` global).
+    reference_coefficients: `(B', ..., Q)` coefficients of real images.
+
+  Returns:
+    `(Q,)` float64: `var(samples) / var(references)` per component, each
+    variance over all images and locations together (population variance);
+    NaN where the references' variance is 0.
+
+  Raises:
+    ValueError: the last axes differ, or a set has fewer than 2 vectors.
+  """
+  a = np.asarray(sample_coefficients, np.float64)
+  b = np.asarray(reference_coefficients, np.float64)
+  if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-1]:
+    raise ValueError(f'Need (B, ..., Q) coefficients with the same Q, got '
+                     f'{a.shape} and {b.shape}.')
+  a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+  if len(a) < 2 or len(b) < 2:
+    raise ValueError(f'Need at least 2 coefficient vectors per set, got '
+                     f'{len(a)} and {len(b)}.')
+  var_a, var_b = a.var(axis=0), b.var(axis=0)
+  out = np.full(var_a.shape, np.nan)
+  np.divide(var_a, var_b, out=out, where=var_b > 0)
+  return out
 
 
 # ---------------------------------------------------------------------------

@@ -46,6 +46,12 @@ matters):
                   equal N, and not with the papers' 50k-image CelebA-HQ
                   numbers.
   spectra         the dimensional-collapse analysis (`Spectra`).
+
+Generation metrics, called on generated images rather than run at eval:
+`SampleMetrics(config, workdir)(samples, source)` gives gFID (the rFID
+Inception and cached real statistics), precision and recall of N samples
+against the first N held-out images; `coefficient_variance_share` the share
+of each latent component's variance the samples reproduce.
 """
 
 import abc
@@ -306,6 +312,41 @@ class Codes(Unit):
       yield 'eval/entropy_bits_per_image', self.symbol_counts.bits_per_image()
 
 
+FID_STATS_DIR = 'fid_stats'
+
+
+def fid_stats_path(config: ml_collections.ConfigDict, workdir: str,
+                   num_images: int) -> str:
+  """Where the Inception statistics of the first `num_images` held-out
+  images are cached: `workdir/fid_stats/<dataset>_r<res>_n<N>.npz`, read by
+  rFID (`Rfid`) and gFID (`SampleMetrics`) alike."""
+  return os.path.join(workdir, FID_STATS_DIR,
+                      f'{config.dataset.name}_r{config.resolution}'
+                      f'_n{num_images}.npz')
+
+
+def fid_features_path(config: ml_collections.ConfigDict, workdir: str,
+                      num_images: int) -> str:
+  """The Inception features behind `fid_stats_path` (precision and recall
+  need the vectors): the same name with `_features`."""
+  stats = fid_stats_path(config, workdir, num_images)
+  return stats[:-len('.npz')] + '_features.npz'
+
+
+def load_real_stats(path: str) -> Optional[metrics.FidStats]:
+  """The cached real-image statistics at `path`; None if not written yet."""
+  if not os.path.exists(path):
+    return None
+  logging.info('Loaded real-image FID statistics from %s.', path)
+  return metrics.FidStats.load(path)
+
+
+def save_real_stats(stats: metrics.FidStats, path: str) -> None:
+  """Caches real-image statistics at `path` (the primary process writes)."""
+  if sharding.is_primary():
+    stats.save(path)
+
+
 class Rfid(Unit):
   """rFID of the first `config.eval.rfid_num_images` eval images."""
 
@@ -325,9 +366,7 @@ class Rfid(Unit):
     self._real_stats: Optional[metrics.FidStats] = None
 
   def _fid_stats_path(self, n: int) -> str:
-    return os.path.join(self.workdir, 'fid_stats',
-                        f'{self.config.dataset.name}_r{self.config.resolution}'
-                        f'_n{n}.npz')
+    return fid_stats_path(self.config, self.workdir, n)
 
   def _inception_features(self, images: jax.Array) -> np.ndarray:
     return gather(self.inception(images))
@@ -358,10 +397,8 @@ class Rfid(Unit):
     if self.need_real:
       self._real_stats = metrics.FidStats.from_features(
           np.concatenate(self.real_feats))
-      if sharding.is_primary():
-        path = self._fid_stats_path(self._real_stats.num_images)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._real_stats.save(path)
+      save_real_stats(self._real_stats,
+                      self._fid_stats_path(self._real_stats.num_images))
     fake = metrics.FidStats.from_features(np.concatenate(self.fake_feats))
     yield f'eval/rfid_{fake.num_images}', float(
         self._real_stats.frechet_distance(fake, method='eigh'))
@@ -372,10 +409,8 @@ class Rfid(Unit):
     if self._real_stats is None:
       n = self.config.eval.num_examples
       n = len(source) if n < 0 else min(n, len(source))
-      path = self._fid_stats_path(min(self.rfid_images, n))
-      if os.path.exists(path):
-        self._real_stats = metrics.FidStats.load(path)
-        logging.info('Loaded real-image FID statistics from %s.', path)
+      self._real_stats = load_real_stats(
+          self._fid_stats_path(min(self.rfid_images, n)))
     return self._real_stats
 
 
@@ -625,3 +660,150 @@ def load_spectra(workdir: str, up_to_step: Optional[int] = None) -> list:
   for step, f in _spectra_files(workdir, up_to_step):
     out.append((step, {k: f[k] for k in f.files if k in viz.SPECTRUM_TITLES}))
   return out
+
+
+# ---------------------------------------------------------------------------
+# Generation metrics: generated images against the held-out split.
+
+
+class SampleMetrics:
+  """gFID, precision and recall of generated images against held-out ones.
+
+  The reference is the first N images of the held-out split, N the number
+  of samples, through the same Inception as rFID (`Rfid`): gFID reads and
+  writes the same cached statistics as rFID at equal N (`fid_stats_path`),
+  and the features themselves are cached beside them (`fid_features_path`)
+  for precision and recall (Kynkaanniemi et al. 2019, k = 3 nearest
+  neighbours, `metrics.precision_recall`). Inception runs on the host's
+  default device in fixed batches of `config.eval.batch_size` (one
+  compilation for the real and the generated images). As with rFID, gFID is
+  biased upwards at small N: compare values only at equal N.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               k: int = 3):
+    """Loads the Inception weights.
+
+    Raises:
+      FileNotFoundError: the converted weights are missing (the message
+        names `python -m pcavae.metrics.convert_inception`).
+    """
+    self.config = config
+    self.workdir = workdir
+    self.k = k
+    self.batch_size = int(config.eval.batch_size)
+    self.inception = metrics.make_inception_features()
+
+  def _features(self, images: np.ndarray) -> np.ndarray:
+    return metrics.extract_features(self.inception, images, self.batch_size)
+
+  def real_features(self, source, num_images: int
+                    ) -> Tuple[np.ndarray, metrics.FidStats]:
+    """`(features, statistics)` of the first `num_images` images of
+    `source`, from the cache when there (computed and cached otherwise)."""
+    features_path = fid_features_path(self.config, self.workdir, num_images)
+    stats_path = fid_stats_path(self.config, self.workdir, num_images)
+    if os.path.exists(features_path):
+      features = metrics.load_features(features_path)
+    else:
+      chunks = []
+      for images, mask in data.eval_batches(
+          source, global_batch_size=self.batch_size,
+          num_examples=num_images):
+        chunks.append(self._features(images)[mask])
+      features = np.concatenate(chunks)
+      if sharding.is_primary():
+        metrics.save_features(features_path, features)
+    stats = load_real_stats(stats_path)
+    if stats is None:
+      stats = metrics.FidStats.from_features(features)
+      save_real_stats(stats, stats_path)
+    return features, stats
+
+  def __call__(self, samples: np.ndarray, source) -> Dict[str, float]:
+    """The metrics of `samples` against the held-out split `source`.
+
+    Args:
+      samples: `(N, R, R, 3)` float32 generated images in [-1, 1], R =
+        `config.resolution`.
+      source: the held-out split (`data.get_splits(...).eval`).
+
+    Returns:
+      `gen/gfid_<N>`, `gen/precision`, `gen/recall`, `gen/num_samples`,
+      `gen/seconds` (the whole call, Inception included).
+
+    Raises:
+      ValueError: samples of the wrong shape, or fewer held-out images than
+        samples.
+    """
+    t0 = time.perf_counter()
+    r = self.config.resolution
+    if np.ndim(samples) != 4 or tuple(np.shape(samples)[1:]) != (r, r, 3):
+      raise ValueError(f'samples must be (N, {r}, {r}, 3) images at '
+                       f'config.resolution = {r}, got {np.shape(samples)}.')
+    n = len(samples)
+    if len(source) < n:
+      raise ValueError(
+          f'The held-out split has {len(source)} images, fewer than the {n} '
+          'samples (gFID compares N samples with the first N held-out '
+          f'images): lower the sample count (--num) to at most '
+          f'{len(source)}.')
+    real_features, real_stats = self.real_features(source, n)
+    fake_features = self._features(np.asarray(samples, np.float32))
+    gfid = real_stats.frechet_distance(
+        metrics.FidStats.from_features(fake_features), method='eigh')
+    precision, recall = metrics.precision_recall(real_features,
+                                                 fake_features, k=self.k)
+    return {f'gen/gfid_{n}': float(gfid), 'gen/precision': precision,
+            'gen/recall': recall, 'gen/num_samples': n,
+            'gen/seconds': time.perf_counter() - t0}
+
+
+def _coefficient_encoder(model) -> Callable:
+  """`(variables, images) -> latents` with the bottleneck's `coefficients`
+  (eval mode), jitted."""
+  return jax.jit(lambda v, x: model.apply(
+      v, x, method=lambda m, x: latents(m, x, ('coefficients',))))
+
+
+def _coefficients(encode: Callable, variables: Dict[str, Any],
+                  images: np.ndarray, batch_size: int) -> Optional[np.ndarray]:
+  """`coefficients` of `images` in fixed batches; None if there are none."""
+  images = np.asarray(images, np.float32)
+  if 'coefficients' not in jax.eval_shape(encode, variables,
+                                          images[:batch_size]):
+    return None
+  return metrics.extract_features(
+      lambda x: encode(variables, x)['coefficients'], images, batch_size)
+
+
+def coefficient_variance_share(model, variables: Dict[str, Any],
+                               samples: np.ndarray, references: np.ndarray,
+                               batch_size: int = 32) -> Optional[np.ndarray]:
+  """Per latent component, the share of its variance the samples reproduce.
+
+  Both image sets are re-encoded by the model in eval mode, in fixed
+  batches, to the bottleneck's `coefficients` (`(N, h, w, Q)` spatial PCA,
+  `(N, Q)` global PCA, the posterior mean for KL); the ratio is
+  `analysis.variance_share` (variance over images and locations, samples
+  over references).
+
+  Args:
+    model: the autoencoder (`train.restore_model`).
+    variables: its Flax variables.
+    samples: `(N, R, R, 3)` generated images in [-1, 1].
+    references: `(M, R, R, 3)` real images in [-1, 1].
+    batch_size: images per encoder call.
+
+  Returns:
+    `(Q,)` float64 ratios (NaN for a component without reference
+    variance), or None when the bottleneck gives no `coefficients` (the
+    quantizers).
+  """
+  encode = _coefficient_encoder(model)
+  sample_coefficients = _coefficients(encode, variables, samples, batch_size)
+  if sample_coefficients is None:
+    return None
+  reference_coefficients = _coefficients(encode, variables, references,
+                                         batch_size)
+  return analysis.variance_share(sample_coefficients, reference_coefficients)

@@ -114,6 +114,30 @@ def rfid_from_features(real_features: np.ndarray, fake_features: np.ndarray,
                           *feature_stats(fake_features), method=method)
 
 
+def savez_atomic(path: Union[str, os.PathLike], **arrays: np.ndarray
+                 ) -> None:
+  """`np.savez` to a temporary file beside `path`, then renamed onto it, so
+  a reader never sees half a file; creates the parent directory."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
+  with open(tmp, 'wb') as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+
+
+def save_features(path: Union[str, os.PathLike], features: np.ndarray
+                  ) -> None:
+  """Writes `(N, D)` features to an `.npz` (atomically), as `features`."""
+  savez_atomic(path, features=np.asarray(features))
+
+
+def load_features(path: Union[str, os.PathLike]) -> np.ndarray:
+  """The features `save_features` wrote."""
+  with np.load(path, allow_pickle=False) as d:
+    return d['features']
+
+
 @dataclasses.dataclass(frozen=True)
 class FidStats:
   """Gaussian statistics of one feature set, with the number of images.
@@ -140,13 +164,8 @@ class FidStats:
 
   def save(self, path: Union[str, os.PathLike]) -> None:
     """Writes `mu`, `sigma`, `num_images` to an `.npz` (atomically)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
-    with open(tmp, 'wb') as f:
-      np.savez(f, mu=self.mu, sigma=self.sigma,
-               num_images=np.int64(self.num_images))
-    os.replace(tmp, path)
+    savez_atomic(path, mu=self.mu, sigma=self.sigma,
+                 num_images=np.int64(self.num_images))
 
   @classmethod
   def load(cls, path: Union[str, os.PathLike]) -> 'FidStats':

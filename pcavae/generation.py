@@ -63,7 +63,7 @@ QUANTIZER_FILE = 'quantizer.npz'
 # blocks, heads; the study uses one of them for all.
 SIZES = {
     'tiny': dict(dim=32, depth=1, heads=1),
-    'small': dict(dim=128, depth=4, heads=2),
+    'small': dict(dim=64, depth=2, heads=2),
     'base': dict(dim=256, depth=8, heads=4),
 }
 # The largest alphabet of one token: a symbol with more (a PCA coefficient

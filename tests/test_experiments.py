@@ -260,3 +260,59 @@ def test_gpu_check_quick(tmp_path):
   md = (out / 'report.md').read_text()
   assert '| cold: empty compilation cache | ok |' in md
   assert 'orthonormalize_qr' in md      # the profile's table
+
+
+def test_generation_quick(tmp_path, inception_weights):
+  """`generation.py --quick` (smoke flags) runs every quick cell through a
+  prior, samples, the Inception metrics and the interpolation; the written
+  numbers are checked against the cells' bit counts, the tiny prior's
+  parameter count in closed form, and the metrics' definitions."""
+  del inception_weights  # sets PCAVAE_CACHE for the subprocess
+  out = tmp_path / 'gen'
+  _run('generation.py', '--quick', f'--out={out}', '--steps=20',
+       '--prior_steps=10', '--prior_size=tiny', '--num=8', '--pairs=1',
+       '--eval_images=16')
+  with open(out / 'results.json') as f:
+    results = json.load(f)
+  rows = {r['cell']: r for r in results['rows']}
+  assert sorted(rows) == sorted(['vq_4x4_k1024', 'fsq_4x4_l8555',
+                                 'lfq_4x4_d10', 'pca_4x4_q50',
+                                 'pca_global_q100', 'kl_4x4_c5'])
+  # Equal bits: 16 locations x 10 bits, 5 x 16 KL coefficients x 2 bits,
+  # the PCA budget exactly; FSQ's 1000 codes are log2(1000) bits.
+  for cell in ('vq_4x4_k1024', 'lfq_4x4_d10', 'pca_4x4_q50',
+               'pca_global_q100', 'kl_4x4_c5'):
+    assert rows[cell]['bits_per_image'] == 160, cell
+  assert math.isclose(rows['fsq_4x4_l8555']['bits_per_image'],
+                      16 * math.log2(1000), rel_tol=1e-12)
+  assert rows['vq_4x4_k1024']['sequence_length'] == 16
+  assert rows['lfq_4x4_d10']['sequence_length'] == 160
+  assert rows['kl_4x4_c5']['sequence_length'] == 80
+  assert rows['kl_4x4_c5']['largest_alphabet'] == 4
+  # tiny prior (32 wide, 1 block, MLP 4x): embeddings, position, block,
+  # final norm, head.
+  d, v, length = 32, 1024, 16
+  block = 2 * 2 * d + 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+  want = (v + 1) * d + length * d + block + 2 * d + d * v + v
+  assert rows['vq_4x4_k1024']['prior_params'] == want
+  for r in rows.values():
+    # 8 samples against 8 images: precision and recall count samples.
+    for key in ('precision', 'recall', 'recon_precision', 'recon_recall'):
+      assert float(r[key] * 8).is_integer(), (r['cell'], key, r[key])
+    assert r['gfid'] > 0 and r['rfid'] > 0
+  # Coefficient variance: per PCA component (Q = 16 of D = 32 at each 4x4
+  # location; 64 of the global N = 64) and per KL channel; none for codes.
+  assert len(rows['pca_4x4_q50']['variance_share']) == 16
+  assert len(rows['pca_global_q100']['variance_share']) == 64
+  assert len(rows['kl_4x4_c5']['variance_share']) == 5
+  assert rows['vq_4x4_k1024']['variance_share'] is None
+  interp = results['interpolation']
+  assert sorted(interp) == ['pca_4x4_q50 160 bits', 'pca_4x4_q50 float',
+                            'vq_4x4_k1024']
+  for v in interp.values():
+    assert v['lpips_step_max'] >= v['lpips_step_mean'] > 0
+  for name in ('samples.png', 'interpolation.png', 'variance_share.png',
+               'samples/vq_4x4_k1024.png'):
+    assert (out / name).stat().st_size > 0
+  text = (out / 'results.md').read_text()
+  assert '| cell |' in text and 'Interpolation' in text

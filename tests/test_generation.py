@@ -19,8 +19,19 @@ PRIOR_FLAGS = ['--size=tiny', '--steps=12', '--batch_size=8',
                '--train_images=20', '--eval_images=8', '--log_every=6']
 
 
+def _command(module):
+  """`python -m <module>`, or a console script by its name (`pcavae-...`),
+  installed beside this Python."""
+  if module.startswith('pcavae-'):
+    path = os.path.join(os.path.dirname(sys.executable), module)
+    if not os.path.exists(path):
+      pytest.fail(f'console script {module} not installed: pip install -e .')
+    return [path]
+  return [sys.executable, '-m', module]
+
+
 def _run(module, *args, check=True):
-  proc = subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
+  proc = subprocess.run(_command(module) + list(args), cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
   if check:
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,9 +77,11 @@ def test_sample_cli_writes_seeded_images(codec_fsq_workdir, fsq_prior,
   from pcavae import train
   res = train.load_config(codec_fsq_workdir).resolution
   outs = []
-  for name, seed in (('a', 0), ('b', 0), ('c', 1)):
+  for name, seed, command in (('a', 0, 'pcavae.sample'),
+                              ('b', 0, 'pcavae-sample'),
+                              ('c', 1, 'pcavae.sample')):
     out = tmp_path / name
-    proc = _run('pcavae.sample', f'--workdir={codec_fsq_workdir}',
+    proc = _run(command, f'--workdir={codec_fsq_workdir}',
                 f'--prior={fsq_prior}', '--num=5', '--batch_size=4',
                 f'--output={out}', f'--seed={seed}')
     assert 'wrote 5 samples' in proc.stdout
@@ -98,7 +111,7 @@ def test_pca_prior_at_a_budget(codec_pca_workdir, tmp_path):
   from pcavae import codec
   from pcavae import generation
   prior_dir = str(tmp_path / 'pca')
-  _run('pcavae.train_prior', f'--workdir={codec_pca_workdir}',
+  _run('pcavae-train-prior', f'--workdir={codec_pca_workdir}',
        f'--prior={prior_dir}', '--budget=40', *PRIOR_FLAGS)
   prior = generation.Prior(prior_dir, codec_pca_workdir)
   assert prior.record['rate_setting'] == 'budget'

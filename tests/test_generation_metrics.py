@@ -230,6 +230,9 @@ def test_gfid_precision_recall_of_held_out_images(inception_weights,
   np.testing.assert_allclose(rfid_stats.mu, features.mean(0), rtol=1e-5,
                              atol=1e-6)
   features_path = evaluators.fid_features_path(config, workdir, NUM)
+  assert sorted(os.listdir(os.path.dirname(stats_path))) == [
+      f'photo_patches_r16_n{NUM}.npz',
+      f'photo_patches_r16_n{NUM}_features.npz']
   np.testing.assert_allclose(metrics.load_features(features_path), features,
                              rtol=1e-5, atol=1e-6)
 

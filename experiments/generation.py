@@ -143,8 +143,7 @@ def run_cell(name: str, rate: Dict[str, int], s: Dict[str, Any], out: str,
                                                 real)
   os.makedirs(os.path.join(out, 'samples'), exist_ok=True)
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from pcavae import sample as sample_cli  # pylint: disable=g-import-not-at-top
-  Image.fromarray(sample_cli.sample_grid(samples[:64])).save(
+  Image.fromarray(viz.sample_grid(samples[:64])).save(
       os.path.join(out, 'samples', f'{name}.png'))
   np.save(os.path.join(out, 'samples', f'{name}_first16.npy'), samples[:16])
   row = {
@@ -191,7 +190,6 @@ def interpolation(s: Dict[str, Any], out: str, kw: Dict[str, Any],
   """PCA (float coefficients and at the budget) beside VQ between
   held-out pairs: the figure and the LPIPS steps."""
   from pcavae import configlib  # pylint: disable=g-import-not-at-top
-  from pcavae import metrics  # pylint: disable=g-import-not-at-top
   pca_name, vq_name = s['interpolate']
   runs = {}
   config = None
@@ -211,9 +209,10 @@ def interpolation(s: Dict[str, Any], out: str, kw: Dict[str, Any],
   real = held_out(config, 2 * pairs + 1)
   # Pairs spread over the held-out images: i and i + pairs.
   pair_images = np.stack([real[:pairs], real[pairs:2 * pairs]], axis=1)
-  lpips = metrics.make_lpips_fn()
-  figure, numbers = traversal.interpolation_study(runs, pair_images,
-                                                  num_steps, lpips)
+  figure, numbers = traversal.interpolation_study(
+      runs, pair_images, num_steps, traversal.lpips_distance(),
+      title=f'Interpolation in the encoder space, through each bottleneck '
+      f'({s["budget"]} bits per image unless "float")')
   from PIL import Image  # pylint: disable=g-import-not-at-top
   Image.fromarray(figure).save(os.path.join(out, 'interpolation.png'))
   return numbers
@@ -263,7 +262,8 @@ def _figures(rows: List[Dict[str, Any]], out: str) -> None:
     if os.path.exists(path):
       strips[f"{r['label']} ({r['bits_per_image']:.0f} b)"] = np.load(path)[:8]
   if strips:
-    Image.fromarray(viz.interpolation_figure(strips)).save(
+    Image.fromarray(viz.labeled_rows(
+        strips, title='Samples (MaskGIT prior, same size and steps)')).save(
         os.path.join(out, 'samples.png'))
   shares = {r['label']: r['variance_share'] for r in rows
             if r['variance_share']}

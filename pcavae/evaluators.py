@@ -151,13 +151,6 @@ class Unit(abc.ABC):
     """Yields the unit's `(name, value)` pairs of this eval."""
 
 
-def _lpips_input(x: jax.Array) -> jax.Array:
-  b, h, w, c = x.shape
-  if min(h, w) >= 32:
-    return x
-  return jax.image.resize(x, (b, max(h, 32), max(w, 32), c), 'bilinear')
-
-
 def _quality(images: jax.Array, recon: jax.Array) -> Dict[str, jax.Array]:
   x, y = metrics.to_unit(images), metrics.to_unit(recon)
   return {'psnr': metrics.psnr(x, y), 'ssim': metrics.ssim(x, y)}
@@ -175,7 +168,7 @@ class Reconstruction(Unit):
     if self.use_lpips:
       self._lpips_params = metrics.load_lpips_params('alex')
       self.lpips_step = jax.jit(lambda p, x, y: metrics.lpips_apply(
-          p, _lpips_input(x), _lpips_input(y), net='alex'))
+          p, metrics.lpips_input(x), metrics.lpips_input(y), net='alex'))
 
   def start(self, state: State, source, step: int) -> None:
     del step

@@ -21,20 +21,6 @@ from absl import flags
 from pcavae import cli
 
 
-def sample_grid(images, per_row: int = 8):
-  """`(n, H, W, 3)` [-1, 1] images as one uint8 grid, `per_row` to a row
-  (the last row filled with white)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from pcavae import viz  # pylint: disable=g-import-not-at-top
-  n = images.shape[0]
-  per_row = min(per_row, n)
-  rows = -(-n // per_row)
-  filled = np.ones((rows * per_row,) + images.shape[1:], np.float32)
-  filled[:n] = images
-  return viz.image_grid(list(filled.reshape((rows, per_row)
-                                            + images.shape[1:])))
-
-
 def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'The training run the prior models.')
   flags.DEFINE_string('prior', None, 'A `pcavae.train_prior` output folder.')
@@ -80,7 +66,7 @@ def main(argv: Sequence[str]) -> None:
   for i, im in enumerate(pixels):
     Image.fromarray(im).save(os.path.join(output,
                                           f'sample_{i:0{width}d}.png'))
-  grid = sample_grid(images[:64])
+  grid = viz.sample_grid(images[:64])
   Image.fromarray(grid).save(os.path.join(output, 'grid.png'))
   record = {'workdir': os.path.abspath(f.workdir),
             'prior': os.path.abspath(f.prior), 'num': f.num, 'seed': f.seed,

@@ -19,9 +19,21 @@ Both return `(strips, info)`: strips `(C, V, N, H, W, 3)` in [-1, 1]
 (component, value, image) for `viz.traversal_figure`, and per component its
 sigma and the mean absolute pixel change from `t = 0` (how much the
 direction matters).
+
+Interpolation between two images (`interpolate_pairs`, the same for every
+bottleneck): the encoder outputs `z_a`, `z_b` are mixed,
+`z_t = (1 - t) z_a + t z_b`, and `z_t` goes through the bottleneck as in
+eval and is decoded. For the PCA the coefficients are linear in `z`, so
+this is the straight line between the two images' coefficient vectors
+(then water-filled and quantized if the config has a bit budget); for a
+quantizer every location snaps to its nearest code along the way, which is
+what "interpolating VQ tokens" means in practice. `path_smoothness` measures
+a path by the perceptual distance between consecutive frames;
+`interpolation_study` runs several models on the same pairs and returns a
+figure and those numbers.
 """
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -150,3 +162,136 @@ def latent_traversal(model, variables: Variables, images: np.ndarray,
       offset = (t * np.sqrt(lam[j]) * vec[:, j]).astype(np.float32)
       strips[i, kk] = np.asarray(fn(variables, images, offset))
   return strips, _info(strips, values, np.sqrt(lam[list(components)]))
+
+
+def _decode_mixed(m, a, b, ts):
+  """Frames `(P, T, H, W, 3)` between image pairs `a`, `b` `(P, H, W, 3)`
+  at mixing weights `ts` `(T,)`."""
+  za = m.encode(a).astype(jnp.float32)
+  zb = m.encode(b).astype(jnp.float32)
+  t = ts.reshape((1, -1) + (1,) * (za.ndim - 1))
+  z = (1.0 - t) * za[:, None] + t * zb[:, None]
+  p, n = z.shape[:2]
+  z_hat, _ = m.quantize(z.reshape((p * n,) + z.shape[2:]), False)
+  x = m.decode(z_hat).astype(jnp.float32)
+  return x.reshape((p, n) + x.shape[1:])
+
+
+def interpolate_pairs(model, variables: Variables, pairs: np.ndarray,
+                      num_steps: int) -> np.ndarray:
+  """Decoded frames along the encoder-space line between image pairs.
+
+  Args:
+    model: an `Autoencoder` with any bottleneck.
+    variables: its variables.
+    pairs: `(P, 2, R, R, 3)` in [-1, 1]: the two ends of each path.
+    num_steps: frames per path, ends included (>= 2).
+
+  Returns:
+    `(P, num_steps, R, R, 3)` float32 frames in [-1, 1]; frame 0 and the
+    last are the two images' reconstructions.
+  """
+  pairs = np.asarray(pairs, np.float32)
+  if pairs.ndim != 5 or pairs.shape[1] != 2:
+    raise ValueError(f'pairs must be (P, 2, H, W, C), got {pairs.shape}.')
+  if num_steps < 2:
+    raise ValueError(f'num_steps must be >= 2, got {num_steps}.')
+  ts = jnp.linspace(0.0, 1.0, num_steps, dtype=jnp.float32)
+  fn = jax.jit(lambda v, a, b, t: model.apply(v, a, b, t,
+                                              method=_decode_mixed))
+  return np.asarray(fn(variables, jnp.asarray(pairs[:, 0]),
+                       jnp.asarray(pairs[:, 1]), ts))
+
+
+Distance = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def path_smoothness(distance: Distance, frames: np.ndarray
+                    ) -> Dict[str, float]:
+  """How evenly a path of frames moves, by a perceptual `distance`.
+
+  Args:
+    distance: `fn(x, y) -> (B,)` between two batches of images (e.g.
+      `lpips_distance()`).
+    frames: `(P, T, H, W, 3)` paths (`interpolate_pairs`).
+
+  Returns:
+    Averages over the P paths of: `lpips_step_mean` (the distance between
+    consecutive frames), `lpips_step_max` (each path's largest step),
+    `evenness` (largest step / mean step: 1 for a path that moves at an
+    even pace, T - 1 for one that jumps all at once), `path_length` (sum
+    of the steps), `endpoint_distance` (first frame to last), `detour`
+    (path length / endpoint distance: 1 for a perceptually straight path);
+    and `num_pairs`.
+  """
+  frames = np.asarray(frames, np.float32)
+  p, t = frames.shape[:2]
+  rest = frames.shape[2:]
+  steps = np.asarray(distance(frames[:, :-1].reshape((-1,) + rest),
+                              frames[:, 1:].reshape((-1,) + rest)),
+                     np.float64).reshape(p, t - 1)
+  ends = np.asarray(distance(frames[:, 0], frames[:, -1]), np.float64)
+  length = steps.sum(axis=1)
+  mean_step = steps.mean(axis=1)
+  tiny = 1e-12
+  return {'lpips_step_mean': float(steps.mean()),
+          'lpips_step_max': float(steps.max(axis=1).mean()),
+          'evenness': float(np.mean(steps.max(axis=1)
+                                    / np.maximum(mean_step, tiny))),
+          'path_length': float(length.mean()),
+          'endpoint_distance': float(ends.mean()),
+          'detour': float(np.mean(length / np.maximum(ends, tiny))),
+          'num_pairs': int(p)}
+
+
+def lpips_distance(batch_size: int = 64) -> Distance:
+  """LPIPS (AlexNet, v0.1) as a `Distance`, images below 32 px upsampled as
+  in the evaluators (`metrics.lpips_input`)."""
+  from pcavae import metrics  # pylint: disable=g-import-not-at-top
+  params = metrics.load_lpips_params('alex')
+  fn = jax.jit(lambda p, x, y: metrics.lpips_apply(
+      p, metrics.lpips_input(x), metrics.lpips_input(y), net='alex'))
+
+  def distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.concatenate([
+        np.asarray(fn(params, jnp.asarray(x[i:i + batch_size], jnp.float32),
+                      jnp.asarray(y[i:i + batch_size], jnp.float32)))
+        for i in range(0, len(x), batch_size)])
+  return distance
+
+
+def interpolation_study(runs: Mapping[str, Tuple[Any, Variables]],
+                        pairs: np.ndarray, num_steps: int,
+                        distance: Distance, figure_pairs: int = 2,
+                        title: str = '') -> Tuple[np.ndarray, Dict]:
+  """Interpolates the same pairs through several models.
+
+  Args:
+    runs: label -> `(model, variables)`.
+    pairs: `(P, 2, R, R, 3)` in [-1, 1].
+    num_steps: frames per path, ends included.
+    distance: as in `path_smoothness`.
+    figure_pairs: how many of the pairs the figure shows.
+    title: figure title.
+
+  Returns:
+    `(figure, numbers)`: a uint8 figure (per shown pair, the first image,
+    then one row of frames per model, then the second image, each row
+    labelled) and label -> `path_smoothness` of its paths.
+  """
+  from pcavae import viz  # pylint: disable=g-import-not-at-top
+  pairs = np.asarray(pairs, np.float32)
+  numbers, rows = {}, {}
+  shown = min(figure_pairs, len(pairs))
+  for label, (model, variables) in runs.items():
+    frames = interpolate_pairs(model, variables, pairs, num_steps)
+    numbers[label] = path_smoothness(distance, frames)
+    for i in range(shown):
+      row = np.concatenate([pairs[i, :1], frames[i], pairs[i, 1:]])
+      rows[(i, label)] = row
+  ordered = {f'pair {i + 1}: {label}': rows[(i, label)]
+             for i in range(shown) for label in runs}
+  columns = (['image a'] + [f't={t:.2f}' for t in
+                            np.linspace(0, 1, num_steps)] + ['image b'])
+  figure = viz.labeled_rows(ordered, column_labels=columns, title=title)
+  return figure, numbers

@@ -1,6 +1,6 @@
 """Image grids and plots for people to look at."""
 
-from typing import Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +26,62 @@ def image_grid(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
       y, x = pad + i * (h + pad), pad + j * (w + pad)
       grid[y:y + h, x:x + w] = r[j]
   return grid
+
+
+def sample_grid(images: np.ndarray, per_row: int = 8) -> np.ndarray:
+  """`(n, H, W, 3)` [-1, 1] images as one uint8 grid, `per_row` to a row
+  (the last row filled with white)."""
+  images = np.asarray(images, np.float32)
+  n = images.shape[0]
+  per_row = min(per_row, n)
+  rows = -(-n // per_row)
+  filled = np.ones((rows * per_row,) + images.shape[1:], np.float32)
+  filled[:n] = images
+  return image_grid(list(filled.reshape((rows, per_row) + images.shape[1:])))
+
+
+def labeled_rows(rows: Dict[str, np.ndarray],
+                 column_labels: Optional[Sequence[str]] = None,
+                 title: str = '', min_height: int = 360) -> np.ndarray:
+  """Rows of images with a label to the left of each.
+
+  Args:
+    rows: label -> `(n, h, w, 3)` images in [-1, 1], the same n and shape
+      for every row (sample grids per bottleneck, interpolation paths).
+    column_labels: n labels over the columns, or None.
+    title: figure title.
+    min_height: the grid is scaled up (nearest) to at least this many
+      pixels, so small images stay visible.
+
+  Returns:
+    A uint8 `(H, W, 3)` image.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  labels = list(rows)
+  grid = image_grid([rows[k] for k in labels])
+  h_px, w_px = grid.shape[:2]
+  scale = max(1.0, min_height / h_px)
+  left, top, bottom = 200, 40 if title else 24, 8
+  width, height = w_px * scale + left + 10, h_px * scale + top + bottom
+  fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+  ax = fig.add_axes([left / width, bottom / height, w_px * scale / width,
+                     h_px * scale / height])
+  ax.imshow(grid, interpolation='nearest')
+  n = next(iter(rows.values())).shape[0]
+  if column_labels is not None:
+    ax.set_xticks([(j + 0.5) * w_px / n for j in range(n)])
+    ax.set_xticklabels(list(column_labels), fontsize=6)
+    ax.xaxis.tick_top()
+  else:
+    ax.set_xticks([])
+  ax.set_yticks([(i + 0.5) * h_px / len(labels) for i in range(len(labels))])
+  ax.set_yticklabels(labels, fontsize=7)
+  ax.tick_params(length=0)
+  for s in ax.spines.values():
+    s.set_visible(False)
+  if title:
+    fig.text(0.5, 1 - 6 / height, title, ha='center', va='top', fontsize=9)
+  return figure_to_array(fig)
 
 
 # Panel titles of the spectra at eval (pcavae.evaluators.Spectra).

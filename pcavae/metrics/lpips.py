@@ -213,6 +213,17 @@ def _load_params_cached(net: str) -> Params:
   return params
 
 
+def lpips_input(x: Array, size: int = 32) -> Array:
+  """Bilinear upsampling of NHWC images smaller than `size` pixels a side,
+  so that AlexNet's stride-4 stem still leaves features to compare (the
+  evaluators' and the interpolation study's LPIPS on 28/32 px images);
+  larger images pass unchanged."""
+  b, h, w, c = x.shape
+  if min(h, w) >= size:
+    return x
+  return jax.image.resize(x, (b, max(h, size), max(w, size), c), 'bilinear')
+
+
 def _prepare(images: Array, net: str) -> Array:
   if images.ndim != 4:
     raise ValueError(f'LPIPS expects NHWC images, got shape {images.shape}')

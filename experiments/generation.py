@@ -9,7 +9,7 @@ one transformer size, the same training steps and batch, the same decoding
 steps and temperature):
 
   vq, fsq         their code indices (K = 1024 / 1000 codes per location)
-  lfq (full)      its bits, one token each
+  lfq             its code index (2^10 = 1024 codes per location)
   pca_<grid>      the coefficients water-filled to the budget (`--budget`),
                   location by location, components in variance order
   kl              its posterior means quantized like the PCA coefficients,

@@ -210,19 +210,26 @@ def path_smoothness(distance: Distance, frames: np.ndarray
                     ) -> Dict[str, float]:
   """How evenly a path of frames moves, by a perceptual `distance`.
 
+  LPIPS is a weighted sum of squared differences of unit-normalised
+  features: a squared Euclidean distance in that feature space. Its square
+  root is the distance that obeys the triangle inequality, so the path's
+  shape (evenness, length, detour) is measured in square-root units; the
+  steps themselves are reported in the distance's own units.
+
   Args:
-    distance: `fn(x, y) -> (B,)` between two batches of images (e.g.
-      `lpips_distance()`).
+    distance: `fn(x, y) -> (B,)`, a squared distance between two batches of
+      images (e.g. `lpips_distance()`).
     frames: `(P, T, H, W, 3)` paths (`interpolate_pairs`).
 
   Returns:
     Averages over the P paths of: `lpips_step_mean` (the distance between
-    consecutive frames), `lpips_step_max` (each path's largest step),
-    `evenness` (largest step / mean step: 1 for a path that moves at an
-    even pace, T - 1 for one that jumps all at once), `path_length` (sum
-    of the steps), `endpoint_distance` (first frame to last), `detour`
-    (path length / endpoint distance: 1 for a perceptually straight path);
-    and `num_pairs`.
+    consecutive frames), `lpips_step_max` (each path's largest step);
+    with `s_i = sqrt(step_i)`: `evenness` (max s_i / mean s_i: 1 for a path
+    that moves at an even pace, T - 1 for one that jumps all at once),
+    `path_length` (sum of s_i), `endpoint_distance` (sqrt of the distance
+    from the first frame to the last), `detour` (path length / endpoint
+    distance: >= 1, and 1 for a perceptually straight path); and
+    `num_pairs`.
   """
   frames = np.asarray(frames, np.float32)
   p, t = frames.shape[:2]
@@ -230,14 +237,15 @@ def path_smoothness(distance: Distance, frames: np.ndarray
   steps = np.asarray(distance(frames[:, :-1].reshape((-1,) + rest),
                               frames[:, 1:].reshape((-1,) + rest)),
                      np.float64).reshape(p, t - 1)
-  ends = np.asarray(distance(frames[:, 0], frames[:, -1]), np.float64)
-  length = steps.sum(axis=1)
-  mean_step = steps.mean(axis=1)
+  root = np.sqrt(np.maximum(steps, 0.0))
+  ends = np.sqrt(np.maximum(np.asarray(
+      distance(frames[:, 0], frames[:, -1]), np.float64), 0.0))
+  length = root.sum(axis=1)
   tiny = 1e-12
   return {'lpips_step_mean': float(steps.mean()),
           'lpips_step_max': float(steps.max(axis=1).mean()),
-          'evenness': float(np.mean(steps.max(axis=1)
-                                    / np.maximum(mean_step, tiny))),
+          'evenness': float(np.mean(root.max(axis=1)
+                                    / np.maximum(root.mean(axis=1), tiny))),
           'path_length': float(length.mean()),
           'endpoint_distance': float(ends.mean()),
           'detour': float(np.mean(length / np.maximum(ends, tiny))),

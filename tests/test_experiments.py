@@ -314,6 +314,7 @@ def test_generation_quick(tmp_path, inception_weights):
   for v in interp.values():
     assert v['lpips_step_max'] >= v['lpips_step_mean'] >= 0
     assert v['num_pairs'] == 1
+    assert v['detour'] >= 1 - 1e-6 or v['lpips_step_mean'] == 0
   # The float PCA path moves continuously, so every step is positive.
   assert interp['pca_4x4_q50 float']['lpips_step_mean'] > 0
   assert interp['pca_4x4_q50 float']['evenness'] >= 1

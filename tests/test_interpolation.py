@@ -10,9 +10,10 @@ from pcavae import traversal
 from pcavae import viz
 
 
-def _l1(x, y):
-  """Mean absolute difference per image: a distance with closed forms."""
-  return np.mean(np.abs(np.asarray(x) - np.asarray(y)), axis=(1, 2, 3))
+def _sq(x, y):
+  """Mean squared difference per image: a squared distance (as LPIPS is)
+  with closed forms; its root is the RMS difference."""
+  return np.mean(np.square(np.asarray(x) - np.asarray(y)), axis=(1, 2, 3))
 
 
 def _ramp(values):
@@ -22,28 +23,30 @@ def _ramp(values):
 
 
 def test_path_smoothness_closed_forms():
-  """An even ramp: every step 1/(T-1), evenness 1, detour 1. A jump at one
-  step: evenness T - 1. A there-and-back path: detour = length / end."""
+  """An even ramp: every step (1/(T-1))^2, evenness 1, detour 1. A jump at
+  one step: evenness T - 1. A there-and-back path: detour = length / end,
+  in square-root units, where the triangle inequality holds."""
   t = 9
-  even = traversal.path_smoothness(_l1, _ramp(np.linspace(0, 1, t)))
-  assert even['lpips_step_mean'] == pytest.approx(1 / (t - 1))
+  even = traversal.path_smoothness(_sq, _ramp(np.linspace(0, 1, t)))
+  assert even['lpips_step_mean'] == pytest.approx(1 / (t - 1) ** 2)
   assert even['evenness'] == pytest.approx(1.0)
   assert even['detour'] == pytest.approx(1.0)
   assert even['path_length'] == pytest.approx(1.0)
   assert even['endpoint_distance'] == pytest.approx(1.0)
   assert even['num_pairs'] == 1
-  jump = traversal.path_smoothness(_l1, _ramp([0] * 4 + [1] * 5))
+  jump = traversal.path_smoothness(_sq, _ramp([0] * 4 + [1] * 5))
   assert jump['evenness'] == pytest.approx(t - 1)
   assert jump['lpips_step_max'] == pytest.approx(1.0)
   assert jump['detour'] == pytest.approx(1.0)
-  back = traversal.path_smoothness(_l1, _ramp([0, 0.5, 1.0, 0.5, 0.75]))
-  # Steps 0.5, 0.5, 0.5, 0.25: length 1.75 for an end distance of 0.75.
+  back = traversal.path_smoothness(_sq, _ramp([0, 0.5, 1.0, 0.5, 0.75]))
+  # Root steps 0.5, 0.5, 0.5, 0.25: length 1.75 for an end distance of 0.75.
+  assert back['lpips_step_mean'] == pytest.approx((3 * 0.25 + 0.0625) / 4)
   assert back['path_length'] == pytest.approx(1.75)
   assert back['detour'] == pytest.approx(1.75 / 0.75)
   assert back['evenness'] == pytest.approx(0.5 / (1.75 / 4))
   # Two paths: each statistic is averaged over them.
   both = traversal.path_smoothness(
-      _l1, np.concatenate([_ramp(np.linspace(0, 1, t)),
+      _sq, np.concatenate([_ramp(np.linspace(0, 1, t)),
                            _ramp([0] * 4 + [1] * 5)]))
   assert both['evenness'] == pytest.approx((1 + t - 1) / 2)
   assert both['num_pairs'] == 2
@@ -116,6 +119,8 @@ def test_interpolation_study_with_lpips(codec_pca_workdir, codec_fsq_workdir):
     assert v['num_pairs'] == 3
     assert v['lpips_step_max'] >= v['lpips_step_mean'] >= 0
     assert v['evenness'] >= 1.0 - 1e-9
+    # sqrt(LPIPS) is a Euclidean distance of scaled features.
+    assert v['detour'] >= 1.0 - 1e-6
   # 2 pairs x 2 runs rows of 1 + 4 + 1 images, scaled up to >= 360 px.
   assert figure.dtype == np.uint8 and figure.ndim == 3
   assert figure.shape[0] >= 360

@@ -167,8 +167,7 @@ class Reconstruction(Unit):
     self.use_lpips = self.config.eval.get('lpips', True)
     if self.use_lpips:
       self._lpips_params = metrics.load_lpips_params('alex')
-      self.lpips_step = jax.jit(lambda p, x, y: metrics.lpips_apply(
-          p, metrics.lpips_input(x), metrics.lpips_input(y), net='alex'))
+      self.lpips_step = metrics.lpips_alex_any_size
 
   def start(self, state: State, source, step: int) -> None:
     del step

@@ -254,11 +254,10 @@ def path_smoothness(distance: Distance, frames: np.ndarray
 
 def lpips_distance(batch_size: int = 64) -> Distance:
   """LPIPS (AlexNet, v0.1) as a `Distance`, images below 32 px upsampled as
-  in the evaluators (`metrics.lpips_input`)."""
+  in the evaluators (`metrics.lpips_alex_any_size`)."""
   from pcavae import metrics  # pylint: disable=g-import-not-at-top
   params = metrics.load_lpips_params('alex')
-  fn = jax.jit(lambda p, x, y: metrics.lpips_apply(
-      p, metrics.lpips_input(x), metrics.lpips_input(y), net='alex'))
+  fn = metrics.lpips_alex_any_size
 
   def distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.concatenate([
@@ -289,16 +288,13 @@ def interpolation_study(runs: Mapping[str, Tuple[Any, Variables]],
   """
   from pcavae import viz  # pylint: disable=g-import-not-at-top
   pairs = np.asarray(pairs, np.float32)
-  numbers, rows = {}, {}
-  shown = min(figure_pairs, len(pairs))
+  paths, numbers = {}, {}
   for label, (model, variables) in runs.items():
-    frames = interpolate_pairs(model, variables, pairs, num_steps)
-    numbers[label] = path_smoothness(distance, frames)
-    for i in range(shown):
-      row = np.concatenate([pairs[i, :1], frames[i], pairs[i, 1:]])
-      rows[(i, label)] = row
-  ordered = {f'pair {i + 1}: {label}': rows[(i, label)]
-             for i in range(shown) for label in runs}
+    paths[label] = interpolate_pairs(model, variables, pairs, num_steps)
+    numbers[label] = path_smoothness(distance, paths[label])
+  ordered = {f'pair {i + 1}: {label}': np.concatenate(
+      [pairs[i, :1], paths[label][i], pairs[i, 1:]])
+             for i in range(min(figure_pairs, len(pairs))) for label in runs}
   columns = (['image a'] + [f't={t:.2f}' for t in
                             np.linspace(0, 1, num_steps)] + ['image b'])
   figure = viz.labeled_rows(ordered, column_labels=columns, title=title)

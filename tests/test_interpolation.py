@@ -83,8 +83,7 @@ def test_pca_interpolation_is_the_coefficient_line(codec_pca_workdir):
 
 
 def test_quantizer_interpolation_ends_and_errors(codec_fsq_workdir):
-  """FSQ: the ends are the reconstructions, every frame is a decoded grid
-  point (the path through the quantizer), and bad shapes are refused."""
+  """FSQ: the ends are the reconstructions, and bad shapes are refused."""
   config, model, variables, _ = train.restore_model(codec_fsq_workdir)
   pairs = _pairs(config, seed=1)
   frames = traversal.interpolate_pairs(model, variables, pairs, 2)

@@ -213,10 +213,8 @@ def _load_params_cached(net: str) -> Params:
   return params
 
 
-def lpips_input(x: Array, size: int = 32) -> Array:
-  """Bilinear upsampling of NHWC images smaller than `size` pixels a side,
-  so that AlexNet's stride-4 stem still leaves features to compare (the
-  evaluators' and the interpolation study's LPIPS on 28/32 px images);
+def _upsample_small(x: Array, size: int = 32) -> Array:
+  """Bilinear upsampling of NHWC images smaller than `size` pixels a side;
   larger images pass unchanged."""
   b, h, w, c = x.shape
   if min(h, w) >= size:
@@ -291,3 +289,22 @@ def make_lpips(net: str = 'alex', precision: PrecisionLike = 'highest'
 
   fn.__name__ = f'lpips_{net}'
   return fn
+
+
+@jax.jit
+def lpips_alex_any_size(params: Params, x: Array, y: Array) -> Array:
+  """LPIPS-AlexNet (`lpips_apply`, float32) of images of any size: images
+  below 32 px a side are first upsampled bilinearly to 32, so that
+  AlexNet's stride-4 stem still leaves features to compare. The metric of
+  the evaluators' `eval/lpips_alex` and of the interpolation study.
+
+  Args:
+    params: `load_lpips_params('alex')`.
+    x: `(B, H, W, C)` in [-1, 1].
+    y: same shape as `x`.
+
+  Returns:
+    `(B,)` float32 distances.
+  """
+  return lpips_apply(params, _upsample_small(x), _upsample_small(y),
+                     net='alex')
